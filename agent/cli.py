@@ -1,0 +1,130 @@
+"""The ``p2pull`` command: ``agent``, ``containerd-config`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from agent.config import ConfigError, add_agent_arguments, config_from_args, env_name
+from agent.logs import setup_logging
+from p2pull.errors import P2pullError
+
+log = logging.getLogger("p2pull")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="p2pull", description="Peer-to-peer layer distribution agent for containerd."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    agent = commands.add_parser("agent", help="run the node agent (registry mirror)")
+    add_agent_arguments(agent, os.environ)
+
+    cfg = commands.add_parser(
+        "containerd-config", help="write containerd hosts.toml files that use the agent as mirror"
+    )
+    cfg.add_argument(
+        "--mirror",
+        default=os.environ.get(env_name("--mirror"), "http://127.0.0.1:5050"),
+        help=f"the agent's mirror URL [env {env_name('--mirror')}]",
+    )
+    cfg.add_argument(
+        "--registry",
+        action="append",
+        default=None,
+        help="registry host to configure (repeatable; env: comma-separated) "
+        f"[env {env_name('--registry')}]",
+    )
+    cfg.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        help="REGISTRY=URL: the origin URL written as `server` (default https://REGISTRY)",
+    )
+    cfg.add_argument(
+        "--dir",
+        default=os.environ.get(env_name("--dir"), "/etc/containerd/certs.d"),
+        help=f"containerd's certs.d directory [env {env_name('--dir')}]",
+    )
+    cfg.add_argument(
+        "--remove", action="store_true", help="undo: restore the backups / drop the agent entry"
+    )
+
+    demo = commands.add_parser("demo", help="a local pull storm on loopback")
+    demo.add_argument("--clients", type=int, default=8, help="simultaneous pulls")
+    demo.add_argument("--size", default="256MiB", help="image size (split over its layers)")
+    demo.add_argument("--layers", type=int, default=4, help="number of layers")
+    demo.add_argument("--rate", default="200MiB", help="origin upload rate per second (0: none)")
+    demo.add_argument("--data-dir", default=None, help="store directory (default: a temp dir)")
+    return parser
+
+
+def _run_containerd_config(args: argparse.Namespace) -> int:
+    from p2pull.containerd import apply, remove
+
+    raw = args.registry or os.environ.get(env_name("--registry"), "").split(",")
+    registries = [r.strip() for item in raw for r in item.split(",") if r.strip()]
+    if not registries:
+        raise ConfigError("containerd-config: give at least one --registry")
+    servers: dict[str, str] = {}
+    for item in args.server:
+        registry, sep, url = item.partition("=")
+        if not sep or not url.startswith(("http://", "https://")):
+            raise ConfigError(f"--server: expected REGISTRY=http(s)://..., got {item!r}")
+        servers[registry] = url
+    certs_dir = Path(args.dir)
+    if args.remove:
+        paths = remove(certs_dir, registries=registries)
+        for path in paths:
+            print(f"restored {path}")
+    else:
+        paths = apply(certs_dir, registries=registries, mirror_url=args.mirror, server_urls=servers)
+        for path in paths:
+            print(f"wrote {path}")
+    return 0
+
+
+async def _run_agent(args: argparse.Namespace) -> None:
+    from agent.service import Agent
+
+    config = config_from_args(args)
+    setup_logging(level=config.log_level, fmt=config.log_format)
+    agent = Agent(config)
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            await nursery.start(agent.run)
+            async for signum in signals:
+                log.info("received %s: shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "agent":
+            trio.run(_run_agent, args)
+            return 0
+        if args.command == "containerd-config":
+            return _run_containerd_config(args)
+        if args.command == "demo":
+            from agent.demo import run_demo
+
+            return trio.run(run_demo, args)
+    except (ConfigError, P2pullError) as exc:
+        print(f"p2pull {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

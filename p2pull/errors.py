@@ -1,0 +1,107 @@
+"""p2pull's own error types.
+
+Library errors are translated at the boundary (``raise BlobUnavailable(...) from exc``) so callers
+only ever catch these. Each carries the OCI distribution error code the mirror answers with.
+"""
+
+from __future__ import annotations
+
+
+class P2pullError(Exception):
+    """Base class of every error p2pull raises on purpose."""
+
+    oci_code = "UNKNOWN"
+    http_status = 500
+
+
+class InvalidReference(P2pullError):
+    """A repository name, tag or digest that does not match the distribution grammar."""
+
+    http_status = 400
+
+
+class NameInvalid(InvalidReference):
+    oci_code = "NAME_INVALID"
+
+
+class TagInvalid(InvalidReference):
+    oci_code = "MANIFEST_INVALID"
+
+
+class DigestInvalid(InvalidReference):
+    oci_code = "DIGEST_INVALID"
+
+
+class RangeNotSatisfiable(P2pullError):
+    """A Range header that cannot be served for a blob of the given size."""
+
+    oci_code = "RANGE_INVALID"
+    http_status = 416
+
+    def __init__(self, message: str, *, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+
+class UpstreamError(P2pullError):
+    """The upstream registry failed (connection error, 5xx, protocol error) after retries."""
+
+    oci_code = "UNAVAILABLE"
+    http_status = 502
+
+
+class UpstreamAuthError(UpstreamError):
+    """The upstream refused our credentials or the token flow failed."""
+
+    oci_code = "UNAUTHORIZED"
+
+
+class NotFound(P2pullError):
+    """The upstream says the manifest or blob does not exist (404)."""
+
+    http_status = 404
+
+
+class BlobUnknown(NotFound):
+    oci_code = "BLOB_UNKNOWN"
+
+
+class ManifestUnknown(NotFound):
+    oci_code = "MANIFEST_UNKNOWN"
+
+
+class NameUnknown(NotFound):
+    oci_code = "NAME_UNKNOWN"
+
+
+class BlobUnavailable(P2pullError):
+    """A blob could not be produced (every source failed); partial bytes stay for a resume."""
+
+    oci_code = "BLOB_UNKNOWN"
+    http_status = 502
+
+
+class DigestMismatch(P2pullError):
+    """Bytes did not hash to the digest (or chunk hash) they were fetched for. Never stored."""
+
+    oci_code = "DIGEST_INVALID"
+    http_status = 502
+
+
+class TruncatedBody(UpstreamError):
+    """The upstream body ended before its Content-Length."""
+
+
+class StoreError(P2pullError):
+    """The local content store failed (disk full, I/O error, corrupt metadata)."""
+
+    oci_code = "UNAVAILABLE"
+    http_status = 503
+
+
+class StoreFull(StoreError):
+    """No room left under the quota (or on disk) after evicting every evictable blob."""
+
+
+class ChunkMismatch(DigestMismatch):
+    """One chunk did not hash to the sha256 it was expected to have."""

@@ -1,0 +1,311 @@
+"""What the disk and memory stores share: chunk bookkeeping, hashing, pins, LRU and quota.
+
+Subclasses supply raw byte I/O (``_pwrite``/``_pread``), metadata persistence and deletion.
+Hashing and I/O of whole chunks run in worker threads (hashlib releases the GIL), so a 2-core node
+hashes on one core while the event loop keeps moving bytes on the other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import trio
+
+from p2pull.bitfield import Bitfield
+from p2pull.errors import ChunkMismatch, DigestMismatch, StoreError, StoreFull
+from p2pull.reference import Digest
+from p2pull.store.types import ByteSink, chunk_count
+
+log = logging.getLogger(__name__)
+
+THREAD_THRESHOLD = 256 * 1024
+
+
+async def _maybe_thread(fn: Any, *args: Any, size: int) -> Any:
+    if size >= THREAD_THRESHOLD:
+        return await trio.to_thread.run_sync(fn, *args)
+    return fn(*args)
+
+
+class BlobBase:
+    """One blob: bitfield, per-chunk hashes, and a hasher over the contiguous present prefix."""
+
+    def __init__(
+        self,
+        digest: Digest,
+        *,
+        size: int,
+        chunk_size: int,
+        media_type: str | None,
+        have: Bitfield | None = None,
+        hashes: list[bytes | None] | None = None,
+        complete: bool = False,
+    ) -> None:
+        self.digest = digest
+        self.size = size
+        self.chunk_size = chunk_size
+        self.media_type = media_type
+        count = chunk_count(size, chunk_size)
+        self._have = have if have is not None else Bitfield(count)
+        self._hashes: list[bytes | None] = hashes if hashes is not None else [None] * count
+        self._complete = complete
+        self._discarded = False
+        self._hasher = hashlib.sha256()
+        self._hashed = 0  # chunks folded into _hasher
+        self._hash_lock = trio.Lock()
+        self.dirty = 0  # chunks written since the metadata was last persisted
+        self.persist_every = 16  # chunks between metadata checkpoints
+        self.on_discard: Callable[[Digest], None] = lambda digest: None
+
+    # -- to implement -------------------------------------------------------------------------
+    def _pwrite(self, offset: int, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        raise NotImplementedError
+
+    async def _persist(self) -> None:
+        raise NotImplementedError
+
+    async def _drop(self) -> None:
+        raise NotImplementedError
+
+    async def send(self, sink: ByteSink, *, offset: int, length: int) -> None:
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------------
+    @property
+    def complete(self) -> bool:
+        return self._complete
+
+    @property
+    def bitfield(self) -> Bitfield:
+        return self._have
+
+    def chunk_hash(self, index: int) -> bytes | None:
+        return self._hashes[index]
+
+    def chunk_span(self, index: int) -> tuple[int, int]:
+        if not 0 <= index < self._have.length:
+            raise IndexError(f"chunk {index} out of range for {self.digest}")
+        offset = index * self.chunk_size
+        return offset, min(self.chunk_size, self.size - offset)
+
+    def _check_live(self) -> None:
+        if self._discarded:
+            raise StoreError(f"blob {self.digest} was removed from the store")
+
+    async def write_chunk(self, index: int, data: bytes, *, expected: bytes | None = None) -> None:
+        self._check_live()
+        offset, length = self.chunk_span(index)
+        if len(data) != length:
+            raise ChunkMismatch(f"chunk {index} of {self.digest}: {len(data)} bytes, want {length}")
+        if self._have.has(index):
+            return
+        digest = await _maybe_thread(_sha256, data, size=length)
+        if expected is not None and digest != expected:
+            raise ChunkMismatch(f"chunk {index} of {self.digest} does not match its sha256")
+        try:
+            await _maybe_thread(self._pwrite, offset, data, size=length)
+        except OSError as exc:
+            raise StoreError(f"writing chunk {index} of {self.digest}: {exc}") from exc
+        self._check_live()
+        if self._have.has(index):  # a concurrent writer of the same chunk won
+            return
+        self._hashes[index] = digest
+        self._have.set(index)
+        self.dirty += 1
+        if index == self._hashed:
+            await self._advance_hasher(known=(index, data))
+        if self.dirty >= self.persist_every:
+            await self._persist()
+
+    async def _advance_hasher(self, *, known: tuple[int, bytes] | None = None) -> None:
+        """Fold present chunks into the whole-blob hasher while they are contiguous."""
+        async with self._hash_lock:
+            while self._hashed < self._have.length and self._have.has(self._hashed):
+                index = self._hashed
+                _, length = self.chunk_span(index)
+                if known is not None and known[0] == index:
+                    data = known[1]
+                else:
+                    maybe = await self._read_verified(index)
+                    if maybe is None:
+                        return
+                    data = maybe
+                await _maybe_thread(self._hasher.update, data, size=length)
+                self._hashed += 1
+
+    async def _read_verified(self, index: int) -> bytes | None:
+        """Read a present chunk back and check its recorded hash; drop it if it rotted."""
+        offset, length = self.chunk_span(index)
+        data: bytes = await _maybe_thread(self._pread, offset, length, size=length)
+        recorded = self._hashes[index]
+        if recorded is None or len(data) != length or _sha256(data) != recorded:
+            log.warning("chunk %d of %s failed re-verification; refetching it", index, self.digest)
+            self._have.clear(index)
+            self._hashes[index] = None
+            self.dirty += 1
+            return None
+        return data
+
+    async def read(self, offset: int, length: int) -> bytes:
+        self._check_range(offset, length)
+        try:
+            data: bytes = await _maybe_thread(self._pread, offset, length, size=length)
+        except OSError as exc:
+            raise StoreError(f"reading {self.digest}: {exc}") from exc
+        return data
+
+    def _check_range(self, offset: int, length: int) -> None:
+        self._check_live()
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise StoreError(f"range {offset}+{length} outside blob of {self.size} bytes")
+        if length == 0:
+            return
+        first, last = offset // self.chunk_size, (offset + length - 1) // self.chunk_size
+        for index in range(first, last + 1):
+            if not self._have.has(index):
+                raise StoreError(f"chunk {index} of {self.digest} is not present")
+
+    async def seal(self) -> None:
+        self._check_live()
+        if self._complete:
+            return
+        if not self._have.complete:
+            raise StoreError(f"cannot seal {self.digest}: {self._have} chunks present")
+        await self._advance_hasher()
+        if self._hashed != self._have.length:  # a chunk failed re-verification
+            raise StoreError(f"cannot seal {self.digest}: a chunk failed re-verification")
+        if self._hasher.hexdigest() != self.digest.hex:
+            self._discarded = True
+            await self._drop()
+            self.on_discard(self.digest)
+            raise DigestMismatch(
+                f"blob bytes hash to sha256:{self._hasher.hexdigest()}, not {self.digest}"
+            )
+        self._complete = True
+        await self._persist()
+
+    async def checkpoint(self) -> None:
+        if self.dirty and not self._discarded:
+            await self._persist()
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+class StoreBase:
+    """Index of blobs with pins, LRU order and a byte quota (0 means no quota)."""
+
+    def __init__(self, *, chunk_size: int, quota_bytes: int) -> None:
+        if chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        self.chunk_size = chunk_size
+        self.quota_bytes = quota_bytes
+        self._blobs: dict[Digest, BlobBase] = {}
+        self._pins: dict[Digest, int] = {}
+        self._last_used: dict[Digest, float] = {}
+        self.evictions = 0
+
+    def lookup(self, digest: Digest) -> BlobBase | None:
+        return self._blobs.get(digest)
+
+    def digests(self) -> list[Digest]:
+        return list(self._blobs)
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(blob.size for blob in self._blobs.values())
+
+    def touch(self, digest: Digest) -> None:
+        self._last_used[digest] = time.time()
+
+    @contextmanager
+    def pin(self, digest: Digest) -> Iterator[None]:
+        self._pins[digest] = self._pins.get(digest, 0) + 1
+        try:
+            yield
+        finally:
+            self._pins[digest] -= 1
+            if not self._pins[digest]:
+                del self._pins[digest]
+
+    async def _make_room(self, size: int) -> None:
+        if not self.quota_bytes:
+            return
+        if size > self.quota_bytes:
+            raise StoreFull(f"blob of {size} bytes exceeds the store quota of {self.quota_bytes}")
+        victims = sorted(
+            (d for d, b in self._blobs.items() if b.complete and d not in self._pins),
+            key=lambda d: self._last_used.get(d, 0.0),
+        )
+        while self.used_bytes + size > self.quota_bytes:
+            if not victims:
+                raise StoreFull(
+                    f"need {size} bytes; {self.used_bytes} of {self.quota_bytes} in use and "
+                    "nothing evictable (every complete blob is in use)"
+                )
+            victim = victims.pop(0)
+            log.info("evicting %s (LRU) to make room for %d bytes", victim, size)
+            await self.remove(victim)
+            self.evictions += 1
+
+    async def remove(self, digest: Digest) -> bool:
+        blob = self._blobs.pop(digest, None)
+        self._last_used.pop(digest, None)
+        if blob is None:
+            return False
+        blob._discarded = True
+        await blob._drop()
+        return True
+
+    async def put(self, digest: Digest, data: bytes, *, media_type: str | None = None) -> BlobBase:
+        existing = self.lookup(digest)
+        if existing is not None and existing.complete:
+            return existing
+        blob = await self.open(digest, size=len(data), media_type=media_type)
+        for index in blob.bitfield.missing():
+            offset, length = blob.chunk_span(index)
+            await blob.write_chunk(index, data[offset : offset + length])
+        await blob.seal()
+        return blob
+
+    async def open(
+        self, digest: Digest, *, size: int, media_type: str | None = None
+    ) -> BlobBase:
+        if size < 0:
+            raise ValueError("size must be >= 0")
+        existing = self._blobs.get(digest)
+        if existing is not None:
+            if existing.size == size:
+                self.touch(digest)
+                return existing
+            if existing.complete:
+                raise DigestMismatch(
+                    f"{digest} is stored with {existing.size} bytes, not {size}"
+                )
+            log.warning("partial %s had size %d, now %d: restarting", digest, existing.size, size)
+            await self.remove(digest)
+        await self._make_room(size)
+        blob = await self._create(digest, size=size, media_type=media_type)
+        self._adopt(blob)
+        self.touch(digest)
+        return blob
+
+    def _adopt(self, blob: BlobBase) -> None:
+        self._blobs[blob.digest] = blob
+        blob.on_discard = self._forget
+
+    def _forget(self, digest: Digest) -> None:
+        self._blobs.pop(digest, None)
+        self._last_used.pop(digest, None)
+
+    async def _create(self, digest: Digest, *, size: int, media_type: str | None) -> BlobBase:
+        raise NotImplementedError

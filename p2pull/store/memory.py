@@ -1,0 +1,36 @@
+"""An in-memory store with the disk store's semantics, for tests and fakes."""
+
+from __future__ import annotations
+
+from p2pull.reference import Digest
+from p2pull.store.base import BlobBase, StoreBase
+from p2pull.store.types import ByteSink
+
+
+class MemoryBlob(BlobBase):
+    def __init__(self, digest: Digest, *, size: int, chunk_size: int, media_type: str | None):
+        super().__init__(digest, size=size, chunk_size=chunk_size, media_type=media_type)
+        self._data = bytearray(size)
+
+    def _pwrite(self, offset: int, data: bytes) -> None:
+        self._data[offset : offset + len(data)] = data
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        return bytes(self._data[offset : offset + length])
+
+    async def _persist(self) -> None:
+        self.dirty = 0
+
+    async def _drop(self) -> None:
+        self._data = bytearray()
+
+    async def send(self, sink: ByteSink, *, offset: int, length: int) -> None:
+        await sink.write(await self.read(offset, length))
+
+
+class MemoryStore(StoreBase):
+    def __init__(self, *, chunk_size: int, quota_bytes: int = 0) -> None:
+        super().__init__(chunk_size=chunk_size, quota_bytes=quota_bytes)
+
+    async def _create(self, digest: Digest, *, size: int, media_type: str | None) -> BlobBase:
+        return MemoryBlob(digest, size=size, chunk_size=self.chunk_size, media_type=media_type)

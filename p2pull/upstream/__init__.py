@@ -1,0 +1,1 @@
+"""The upstream registry: the origin that one seed per blob fetches from."""

@@ -1,0 +1,347 @@
+"""The mirror endpoint over real sockets: headers, ranges, bad input, streaming, single flight."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import h11
+import httpx
+import pytest
+import trio
+
+from p2pull.errors import UpstreamError
+from p2pull.reference import Digest, ManifestRef
+from p2pull.testing.fakes import FakeBody, MemoryUpstream
+from p2pull.upstream.types import Manifest
+from tests.mirror_harness import CHUNK, running_mirror
+
+NAME = "team/app"
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+
+
+def blob_bytes(size: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+@pytest.fixture
+def upstream() -> MemoryUpstream:
+    return MemoryUpstream(piece=16 * 1024)
+
+
+@pytest.fixture(autouse=True)
+async def deadline() -> AsyncIterator[None]:
+    with trio.fail_after(20):
+        yield
+
+
+async def test_base_endpoint(tmp_path: Path, upstream: MemoryUpstream) -> None:
+    async with running_mirror(tmp_path, upstream) as m:
+        response = await m.client.get("/v2/")
+    assert response.status_code == 200
+    assert response.headers["docker-distribution-api-version"] == "registry/2.0"
+
+
+async def test_manifest_by_tag_and_digest(tmp_path: Path, upstream: MemoryUpstream) -> None:
+    body = b'{"schemaVersion":2,"layers":[]}'
+    digest = upstream.add_manifest(NAME, "v1", body, MANIFEST_TYPE)
+    async with running_mirror(tmp_path, upstream) as m:
+        head = await m.client.head(f"/v2/{NAME}/manifests/v1?ns=reg.example:5000")
+        get = await m.client.get(f"/v2/{NAME}/manifests/v1")
+        upstream.manifests.clear()  # by digest: served from the store from now on
+        by_digest = await m.client.get(f"/v2/{NAME}/manifests/{digest}")
+        head_digest = await m.client.head(f"/v2/{NAME}/manifests/{digest}")
+    for response in (head, get, by_digest, head_digest):
+        assert response.status_code == 200
+        assert response.headers["docker-content-digest"] == str(digest)
+        assert response.headers["content-type"] == MANIFEST_TYPE
+        assert response.headers["content-length"] == str(len(body))
+    assert get.content == body and by_digest.content == body and head.content == b""
+
+
+class FlakyUpstream(MemoryUpstream):
+    down: bool = False
+
+    async def head_manifest(self, name, ref, *, accept=()):  # type: ignore[no-untyped-def]
+        if self.down:
+            raise UpstreamError("registry unreachable")
+        return await super().head_manifest(name, ref)
+
+    async def get_manifest(self, name, ref, *, accept=()) -> Manifest:  # type: ignore[no-untyped-def]
+        if self.down:
+            raise UpstreamError("registry unreachable")
+        return await super().get_manifest(name, ref)
+
+
+async def test_tag_resolution_is_stale_if_error(tmp_path: Path) -> None:
+    upstream = FlakyUpstream()
+    body = b'{"schemaVersion":2}'
+    digest = upstream.add_manifest(NAME, "latest", body, MANIFEST_TYPE)
+    async with running_mirror(tmp_path, upstream) as m:
+        assert (await m.client.get(f"/v2/{NAME}/manifests/latest")).status_code == 200
+        upstream.down = True
+        stale = await m.client.get(f"/v2/{NAME}/manifests/latest")
+        stale_head = await m.client.head(f"/v2/{NAME}/manifests/latest")
+        never_seen = await m.client.get(f"/v2/{NAME}/manifests/other")
+    assert stale.status_code == 200 and stale.content == body
+    assert stale_head.headers["docker-content-digest"] == str(digest)
+    assert never_seen.status_code == 502
+    assert json.loads(never_seen.content)["errors"][0]["code"] == "UNAVAILABLE"
+
+
+async def test_blob_get_head_and_ranges(tmp_path: Path, upstream: MemoryUpstream) -> None:
+    data = blob_bytes(5 * CHUNK + 123)
+    digest = upstream.add_blob(data)
+    url = f"/v2/{NAME}/blobs/{digest}"
+    async with running_mirror(tmp_path, upstream) as m:
+        head = await m.client.head(url)
+        full = await m.client.get(url)
+        tail = await m.client.get(url, headers={"Range": "bytes=100000-"})
+        middle = await m.client.get(url, headers={"Range": "bytes=10-19"})
+        suffix = await m.client.get(url, headers={"Range": "bytes=-5"})
+        beyond = await m.client.get(url, headers={"Range": f"bytes={len(data)}-"})
+        assert m.store.lookup(digest) is not None
+    assert head.status_code == 200 and head.headers["content-length"] == str(len(data))
+    assert head.headers["accept-ranges"] == "bytes"
+    assert full.content == data and full.headers["docker-content-digest"] == str(digest)
+    assert tail.status_code == 206 and tail.content == data[100000:]
+    assert tail.headers["content-range"] == f"bytes 100000-{len(data) - 1}/{len(data)}"
+    assert middle.status_code == 206 and middle.content == data[10:20]
+    assert suffix.content == data[-5:]
+    assert beyond.status_code == 416
+    assert beyond.headers["content-range"] == f"bytes */{len(data)}"
+    assert upstream.bytes_sent == len(data)
+
+
+GOOD_DIGEST = "sha256:" + "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "status", "code"),
+    [
+        ("GET", "/v2/UPPER/blobs/" + GOOD_DIGEST, {}, 400, "NAME_INVALID"),
+        ("GET", "/v2/a/../b/blobs/" + GOOD_DIGEST, {}, 400, "NAME_INVALID"),
+        ("GET", "/v2/a/%2e%2e/b/blobs/" + GOOD_DIGEST, {}, 400, "NAME_INVALID"),
+        ("GET", "/v2/-lead/blobs/" + GOOD_DIGEST, {}, 400, "NAME_INVALID"),
+        ("GET", "/v2/" + "a" * 300 + "/blobs/" + GOOD_DIGEST, {}, 400, "NAME_INVALID"),
+        ("GET", "/v2/ok/blobs/sha256:abc", {}, 400, "DIGEST_INVALID"),
+        ("GET", "/v2/ok/blobs/sha512:" + "a" * 128, {}, 400, "DIGEST_INVALID"),
+        ("GET", "/v2/ok/blobs/sha256:" + "A" * 64, {}, 400, "DIGEST_INVALID"),
+        ("GET", "/v2/ok/blobs/..%2f..%2fetc", {}, 400, "DIGEST_INVALID"),
+        ("GET", "/v2/ok/manifests/-badtag", {}, 400, "MANIFEST_INVALID"),
+        ("GET", "/v2/ok/manifests/" + "t" * 129, {}, 400, "MANIFEST_INVALID"),
+        ("GET", "/v2/ok/manifests/sha256:zz", {}, 400, "DIGEST_INVALID"),
+        ("GET", "/v2/ok/blobs/" + GOOD_DIGEST + "?ns=bad/host", {}, 400, "NAME_INVALID"),
+        ("GET", "/v2/ok/blobs/" + GOOD_DIGEST + "?ns=..", {}, 400, "NAME_INVALID"),
+        ("PUT", "/v2/ok/blobs/" + GOOD_DIGEST, {}, 405, "UNSUPPORTED"),
+        ("DELETE", "/v2/ok/manifests/v1", {}, 405, "UNSUPPORTED"),
+        ("POST", "/v2/ok/blobs/uploads/", {}, 405, "UNSUPPORTED"),
+        ("POST", "/v2/", {}, 405, "UNSUPPORTED"),
+        ("GET", "/v2/ok/blobs/" + GOOD_DIGEST, {}, 404, "BLOB_UNKNOWN"),
+        ("HEAD", "/v2/ok/blobs/" + GOOD_DIGEST, {}, 404, None),
+        ("GET", "/v2/ok/manifests/missing", {}, 404, "MANIFEST_UNKNOWN"),
+        ("GET", "/v2/_catalog", {}, 404, "NOT_FOUND"),
+        ("GET", "/etc/passwd", {}, 404, "NOT_FOUND"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and len(v) < 40 else None,
+)
+async def test_bad_input(
+    tmp_path: Path,
+    upstream: MemoryUpstream,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    status: int,
+    code: str | None,
+) -> None:
+    async with running_mirror(tmp_path, upstream) as m:
+        got_status, body = await raw_request(m.url, method, path, headers)
+        assert m.store.digests() == []
+    assert got_status == status
+    if code is not None:
+        assert json.loads(body)["errors"][0]["code"] == code
+    assert not any(tmp_path.rglob("passwd"))
+
+
+async def raw_request(
+    url: str, method: str, path: str, headers: dict[str, str]
+) -> tuple[int, bytes]:
+    """Send the request target byte for byte (httpx would normalize `..` away)."""
+    port = int(url.rsplit(":", 1)[1])
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    conn = h11.Connection(h11.CLIENT)
+    async with stream:
+        request = h11.Request(
+            method=method,
+            target=path,
+            headers=[("host", "mirror"), ("connection", "close"), *headers.items()],
+        )
+        await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+        status, body = 0, b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                return status, body
+
+
+@pytest.mark.parametrize(
+    "range_header",
+    ["bytes=5-2", "bytes=0-1,3-4", "items=0-1", "bytes=", "bytes=-0", "bytes=x-"],
+)
+async def test_bad_ranges(tmp_path: Path, upstream: MemoryUpstream, range_header: str) -> None:
+    digest = upstream.add_blob(blob_bytes(1000))
+    async with running_mirror(tmp_path, upstream) as m:
+        response = await m.client.get(
+            f"/v2/{NAME}/blobs/{digest}", headers={"Range": range_header}
+        )
+    assert response.status_code == 416
+
+
+async def test_no_ns_without_default_upstream_is_404(
+    tmp_path: Path, upstream: MemoryUpstream
+) -> None:
+    digest = upstream.add_blob(b"x")
+    async with running_mirror(tmp_path, upstream, require_ns=True) as m:
+        response = await m.client.get(f"/v2/{NAME}/blobs/{digest}")
+        with_ns = await m.client.get(f"/v2/{NAME}/blobs/{digest}?ns=registry.local%3A5000")
+    assert response.status_code == 404
+    assert with_ns.status_code == 200
+
+
+async def test_concurrent_pulls_share_one_upstream_download(
+    tmp_path: Path, upstream: MemoryUpstream
+) -> None:
+    data = blob_bytes(40 * CHUNK + 7)
+    digest = upstream.add_blob(data)
+    results: list[bytes] = []
+
+    async with running_mirror(tmp_path, upstream) as m:
+
+        async def pull() -> None:
+            response = await m.client.get(f"/v2/{NAME}/blobs/{digest}")
+            assert response.status_code == 200
+            results.append(response.content)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(6):
+                nursery.start_soon(pull)
+        second = await m.client.get(f"/v2/{NAME}/blobs/{digest}")
+    assert results == [data] * 6 and second.content == data
+    assert upstream.bytes_sent == len(data)
+    assert len(upstream.opens) == 1
+
+
+class GatedUpstream(MemoryUpstream):
+    """Hands out the first ``open_after`` bytes, then waits for ``gate`` before the rest."""
+
+    def __init__(self, open_after: int) -> None:
+        super().__init__(piece=CHUNK)
+        self.gate = trio.Event()
+        self.open_after = open_after
+
+    @asynccontextmanager
+    async def open_blob(self, name, digest, *, start=0):  # type: ignore[no-untyped-def,override]
+        async with super().open_blob(name, digest, start=start) as body:
+            yield _GatedBody(body, self)
+
+
+class _GatedBody:
+    def __init__(self, body: FakeBody, owner: GatedUpstream) -> None:
+        self.size, self.start, self._body, self._owner = body.size, body.start, body, owner
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        sent = self.start
+        async for piece in self._body.chunks():
+            if sent >= self._owner.open_after:
+                await self._owner.gate.wait()
+            sent += len(piece)
+            yield piece
+
+
+async def test_first_bytes_leave_before_the_blob_completes(tmp_path: Path) -> None:
+    upstream = GatedUpstream(open_after=3 * CHUNK)
+    data = blob_bytes(10 * CHUNK)
+    digest = upstream.add_blob(data)
+    async with running_mirror(tmp_path, upstream) as m:
+        async with m.client.stream("GET", f"/v2/{NAME}/blobs/{digest}") as response:
+            assert response.status_code == 200
+            assert response.headers["content-length"] == str(len(data))
+            received = bytearray()
+            pieces = response.aiter_raw()
+            async for piece in pieces:
+                received += piece
+                if len(received) >= 2 * CHUNK:
+                    break
+            blob = m.store.lookup(digest)
+            assert blob is not None and not blob.complete
+            assert bytes(received) == data[: len(received)]
+            upstream.gate.set()
+            async for piece in pieces:
+                received += piece
+    assert bytes(received) == data
+
+
+async def test_truncated_upstream_aborts_the_client_and_caches_nothing(
+    tmp_path: Path, upstream: MemoryUpstream
+) -> None:
+    data = blob_bytes(8 * CHUNK)
+    digest = upstream.add_blob(data)
+    upstream.truncate_at[digest] = 5 * CHUNK + 100
+    async with running_mirror(tmp_path, upstream) as m:
+        with pytest.raises(httpx.HTTPError):
+            await m.client.get(f"/v2/{NAME}/blobs/{digest}")
+        blob = m.store.lookup(digest)
+        assert blob is None or not blob.complete
+        assert len(upstream.opens) > 1  # resumed before giving up
+        # resumed from the exact byte where the body broke (the partial chunk is kept in memory)
+        assert all(start == 5 * CHUNK + 100 for _, start in upstream.opens[1:])
+
+
+async def test_wrong_bytes_are_refused_and_not_cached(
+    tmp_path: Path, upstream: MemoryUpstream
+) -> None:
+    data = blob_bytes(3 * CHUNK + 5)
+    digest = Digest.of(b"something else")
+    upstream.blobs[digest] = data
+    async with running_mirror(tmp_path, upstream) as m:
+        with pytest.raises(httpx.HTTPError):
+            await m.client.get(f"/v2/{NAME}/blobs/{digest}")
+        assert m.store.lookup(digest) is None
+        with pytest.raises(httpx.HTTPError):  # tried again, refused again
+            await m.client.get(f"/v2/{NAME}/blobs/{digest}?ns=x")
+        assert m.store.lookup(digest) is None
+        assert m.metrics.digest_mismatches._value.get() == 2
+    assert not (tmp_path / "blobs" / "sha256" / digest.hex).exists()
+
+
+async def test_partial_blob_resumes_after_restart(tmp_path: Path, upstream: MemoryUpstream) -> None:
+    data = blob_bytes(12 * CHUNK + 99)
+    digest = upstream.add_blob(data)
+    upstream.truncate_at[digest] = 7 * CHUNK + 10
+    async with running_mirror(tmp_path, upstream) as m:
+        with pytest.raises(httpx.HTTPError):
+            await m.client.get(f"/v2/{NAME}/blobs/{digest}")
+    # A new agent on the same data dir: only the missing range is asked of the upstream.
+    upstream.truncate_at.clear()
+    upstream.opens.clear()
+    upstream.bytes_sent = 0
+    async with running_mirror(tmp_path, upstream) as m:
+        blob = m.store.lookup(digest)
+        assert blob is not None and blob.bitfield.count == 7
+        response = await m.client.get(f"/v2/{NAME}/blobs/{digest}")
+    assert response.content == data
+    assert upstream.opens == [(digest, 7 * CHUNK)]
+    assert upstream.bytes_sent == len(data) - 7 * CHUNK
+
+
+async def test_manifest_ref_parse_is_used_for_digests() -> None:
+    assert ManifestRef.parse(GOOD_DIGEST).digest == Digest("a" * 64)
