@@ -22,7 +22,9 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in _RESERVED and not key.startswith("_"):
-                entry[key] = value if isinstance(value, int | float | str | bool | None) else str(value)
+                entry[key] = (
+                    value if isinstance(value, int | float | str | bool | None) else str(value)
+                )
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)

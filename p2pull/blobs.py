@@ -9,6 +9,7 @@ is verified, so no client ever receives a complete body that does not match its 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 import trio
 
+from p2pull.chunking import ChunkAssembler
 from p2pull.errors import (
     BlobUnavailable,
     DigestMismatch,
@@ -125,6 +127,7 @@ class BlobService:
         self._jitter = jitter
         self._transfers: dict[Digest, Transfer] = {}
         self._nursery: trio.Nursery | None = None
+        self.pipeline_depth = 2  # chunks cut but not yet stored, per transfer
 
     @property
     def transfers(self) -> dict[Digest, Transfer]:
@@ -185,10 +188,8 @@ class BlobService:
         except P2pullError as exc:
             log.warning("transfer of %s failed: %s", transfer.digest, exc)
             if transfer.blob is not None:
-                try:
+                with contextlib.suppress(StoreError):
                     await transfer.blob.checkpoint()
-                except StoreError:
-                    pass
             if not isinstance(exc, StoreError | BlobUnavailable):
                 exc = BlobUnavailable(f"{transfer.digest}: {exc}")
             transfer.fail(exc)
@@ -198,7 +199,7 @@ class BlobService:
 
     async def _fetch_from_origin(self, transfer: Transfer, ns: str | None, name: str) -> None:
         upstream = self._upstreams.for_namespace(ns)
-        pending = bytearray()  # bytes of the chunk being assembled
+        assembler: ChunkAssembler | None = None
         failures = 0
         while True:
             blob = transfer.blob
@@ -206,9 +207,11 @@ class BlobService:
                 first = blob.bitfield.first_missing()
                 if first is None:
                     return
-                start = first * blob.chunk_size + len(pending)
-            else:
-                first, start = 0, 0
+                if assembler is None or assembler.next_index != first:
+                    assembler = ChunkAssembler(
+                        size=blob.size, chunk_size=blob.chunk_size, start=first * blob.chunk_size
+                    )
+            start = assembler.position if assembler is not None else 0
             try:
                 async with upstream.open_blob(name, transfer.digest, start=start) as body:
                     if blob is None:
@@ -217,12 +220,15 @@ class BlobService:
                         transfer.notify()
                         if blob.bitfield.count:
                             continue  # a partial from an earlier run: resume where it ends
+                        assembler = ChunkAssembler(
+                            size=blob.size, chunk_size=blob.chunk_size, start=0
+                        )
                     elif body.size != blob.size:
                         raise UpstreamError(
                             f"{transfer.digest}: upstream size {body.size}, expected {blob.size}"
                         )
-                    progressed = await self._copy(transfer, blob, body.chunks(), first, pending)
-                    if progressed:
+                    assert assembler is not None
+                    if await self._copy(transfer, blob, body.chunks(), assembler):
                         failures = 0
             except UpstreamAuthError:
                 raise
@@ -240,25 +246,53 @@ class BlobService:
         transfer: Transfer,
         blob: StoredBlob,
         pieces: AsyncIterator[bytes],
-        index: int,
-        pending: bytearray,
+        assembler: ChunkAssembler,
     ) -> bool:
-        """Cut the upstream byte stream into chunks and store them. True if any chunk landed."""
-        landed = False
-        async for piece in pieces:
-            pending += piece
-            while index < blob.bitfield.length:
-                _, length = blob.chunk_span(index)
-                if len(pending) < length:
-                    break
-                await blob.write_chunk(index, bytes(pending[:length]))
-                del pending[:length]
-                self._metrics.fetched_bytes.labels("origin").inc(length)
-                transfer.notify()
-                landed = True
-                index += 1
-            if index >= blob.bitfield.length and pending:
-                raise UpstreamError(f"{transfer.digest}: upstream sent more bytes than its size")
-        if index < blob.bitfield.length and not blob.bitfield.has(index):
-            raise UpstreamError(f"{transfer.digest}: upstream body ended early at chunk {index}")
-        return landed
+        """Cut the upstream stream into chunks and store them; True if any chunk landed.
+
+        Reading the socket and storing chunks (hash + write, in a worker thread) run as two tasks
+        joined by a small channel, so the next chunk downloads while the last one is hashed. If
+        the stream breaks, the chunks already cut are still stored before the error is raised,
+        so the assembler's position is exactly where a resume must start.
+        """
+        send, receive = trio.open_memory_channel[tuple[int, bytes]](self.pipeline_depth)
+        landed = 0
+        store_error: P2pullError | None = None
+        stream_error: UpstreamError | None = None
+
+        async def store_chunks() -> None:
+            nonlocal landed, store_error
+            async with receive:
+                async for index, chunk in receive:
+                    try:
+                        await blob.write_chunk(index, chunk)
+                    except P2pullError as exc:
+                        store_error = exc
+                        reader.cancel()
+                        return
+                    self._metrics.fetched_bytes.labels("origin").inc(len(chunk))
+                    landed += 1
+                    transfer.notify()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store_chunks)
+            with trio.CancelScope() as reader, send:
+                try:
+                    async for piece in pieces:
+                        try:
+                            chunks = assembler.feed(piece)
+                        except ValueError as exc:
+                            raise UpstreamError(f"{transfer.digest}: {exc}") from exc
+                        for chunk in chunks:
+                            await send.send(chunk)
+                except UpstreamError as exc:
+                    stream_error = exc
+        if store_error is not None:
+            raise store_error
+        if stream_error is not None:
+            raise stream_error
+        if assembler.position < blob.size:
+            raise UpstreamError(
+                f"{transfer.digest}: upstream body ended at {assembler.position} of {blob.size}"
+            )
+        return landed > 0

@@ -9,11 +9,13 @@ cleanly.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+import struct
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit
@@ -115,7 +117,9 @@ class _Sink:
         if count <= 0:
             return
         region = FileRegion(fd, offset, count)
-        for piece in self._conn.send_with_data_passthrough(h11.Data(data=region)) or ():
+        # h11 passes objects with __len__ through its framing untouched (data passthrough).
+        event = h11.Data(data=region)  # type: ignore[arg-type]
+        for piece in self._conn.send_with_data_passthrough(event) or ():
             if isinstance(piece, FileRegion):
                 await _sendfile_all(self._stream, piece)
             else:
@@ -145,10 +149,8 @@ async def _sendfile_all(stream: trio.SocketStream, region: FileRegion) -> None:
 
 def _reset(stream: trio.SocketStream) -> None:
     """Close with RST (SO_LINGER 0) so the client sees an error, never a clean short body."""
-    try:
-        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 class HttpServer:
@@ -220,7 +222,8 @@ class HttpServer:
             path=path,
             query=query,
             headers=tuple(
-                (k.decode("ascii", "replace").lower(), v.decode("latin-1")) for k, v in event.headers
+                (k.decode("ascii", "replace").lower(), v.decode("latin-1"))
+                for k, v in event.headers
             ),
             peer=peer,
         )
@@ -234,7 +237,9 @@ class HttpServer:
             return
         try:
             headers = [("content-length", str(len(body))), ("connection", "close")]
-            await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
+            await stream.send_all(
+                conn.send(h11.Response(status_code=status, headers=headers)) or b""
+            )
             await stream.send_all(conn.send(h11.Data(data=body)) or b"")
             await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
         except h11.LocalProtocolError:
@@ -252,7 +257,7 @@ class HttpServer:
         if not any(k == "content-length" for k, _ in headers):
             length = len(body) if isinstance(body, bytes) else body.length
             headers.append(("content-length", str(length)))
-        h11_headers: Sequence[tuple[bytes, bytes]] = [
+        h11_headers: list[tuple[bytes, bytes]] = [
             (b"server", self._server_header),
             *[(k.encode(), v.encode("latin-1")) for k, v in headers],
         ]

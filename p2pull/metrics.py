@@ -81,7 +81,9 @@ class Metrics:
             "p2pull_blob_digest_mismatches", "Whole blobs refused: bytes did not match", registry=r
         )
         self.store_bytes = Gauge(
-            "p2pull_store_bytes", "Bytes held in the content store (complete and partial)", registry=r
+            "p2pull_store_bytes",
+            "Bytes held in the content store (complete and partial)",
+            registry=r,
         )
         self.store_quota_bytes = Gauge(
             "p2pull_store_quota_bytes", "Configured store quota in bytes (0: none)", registry=r

@@ -84,7 +84,7 @@ class ByteRange:
         return self.end - self.start + 1
 
 
-_RANGE_RE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
+_RANGE_RE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})")  # not \d: no Unicode digits
 
 
 def parse_range(header: str | None, *, size: int) -> ByteRange | None:

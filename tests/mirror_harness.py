@@ -16,8 +16,8 @@ from p2pull.manifests import ManifestService
 from p2pull.metrics import Metrics
 from p2pull.mirror import Mirror
 from p2pull.store.disk import DiskStore
-from p2pull.upstream.types import Upstream
 from p2pull.testing.fakes import FixedUpstreams
+from p2pull.upstream.types import Upstream
 
 CHUNK = 64 * 1024
 

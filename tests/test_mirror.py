@@ -163,7 +163,7 @@ async def test_bad_input(
     assert got_status == status
     if code is not None:
         assert json.loads(body)["errors"][0]["code"] == code
-    assert not any(tmp_path.rglob("passwd"))
+    assert sorted(p.name for p in await trio.Path(tmp_path).iterdir()) == ["blobs"]
 
 
 async def raw_request(
@@ -200,9 +200,7 @@ async def raw_request(
 async def test_bad_ranges(tmp_path: Path, upstream: MemoryUpstream, range_header: str) -> None:
     digest = upstream.add_blob(blob_bytes(1000))
     async with running_mirror(tmp_path, upstream) as m:
-        response = await m.client.get(
-            f"/v2/{NAME}/blobs/{digest}", headers={"Range": range_header}
-        )
+        response = await m.client.get(f"/v2/{NAME}/blobs/{digest}", headers={"Range": range_header})
     assert response.status_code == 416
 
 
@@ -271,22 +269,24 @@ async def test_first_bytes_leave_before_the_blob_completes(tmp_path: Path) -> No
     upstream = GatedUpstream(open_after=3 * CHUNK)
     data = blob_bytes(10 * CHUNK)
     digest = upstream.add_blob(data)
-    async with running_mirror(tmp_path, upstream) as m:
-        async with m.client.stream("GET", f"/v2/{NAME}/blobs/{digest}") as response:
-            assert response.status_code == 200
-            assert response.headers["content-length"] == str(len(data))
-            received = bytearray()
-            pieces = response.aiter_raw()
-            async for piece in pieces:
-                received += piece
-                if len(received) >= 2 * CHUNK:
-                    break
-            blob = m.store.lookup(digest)
-            assert blob is not None and not blob.complete
-            assert bytes(received) == data[: len(received)]
-            upstream.gate.set()
-            async for piece in pieces:
-                received += piece
+    async with (
+        running_mirror(tmp_path, upstream) as m,
+        m.client.stream("GET", f"/v2/{NAME}/blobs/{digest}") as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-length"] == str(len(data))
+        received = bytearray()
+        pieces = response.aiter_raw()
+        async for piece in pieces:
+            received += piece
+            if len(received) >= 2 * CHUNK:
+                break
+        blob = m.store.lookup(digest)
+        assert blob is not None and not blob.complete
+        assert bytes(received) == data[: len(received)]
+        upstream.gate.set()
+        async for piece in pieces:
+            received += piece
     assert bytes(received) == data
 
 

@@ -107,13 +107,12 @@ class BlobBase:
             raise ChunkMismatch(f"chunk {index} of {self.digest}: {len(data)} bytes, want {length}")
         if self._have.has(index):
             return
-        digest = await _maybe_thread(_sha256, data, size=length)
-        if expected is not None and digest != expected:
-            raise ChunkMismatch(f"chunk {index} of {self.digest} does not match its sha256")
         try:
-            await _maybe_thread(self._pwrite, offset, data, size=length)
+            digest = await _maybe_thread(self._hash_and_write, offset, data, expected, size=length)
         except OSError as exc:
             raise StoreError(f"writing chunk {index} of {self.digest}: {exc}") from exc
+        if digest is None:
+            raise ChunkMismatch(f"chunk {index} of {self.digest} does not match its sha256")
         self._check_live()
         if self._have.has(index):  # a concurrent writer of the same chunk won
             return
@@ -124,6 +123,15 @@ class BlobBase:
             await self._advance_hasher(known=(index, data))
         if self.dirty >= self.persist_every:
             await self._persist()
+
+    def _hash_and_write(self, offset: int, data: bytes, expected: bytes | None) -> bytes | None:
+        """Hash a chunk and, if it matches ``expected`` (when given), write it: one worker-thread
+        trip per chunk. Returns the sha256, or None for a mismatch (nothing written)."""
+        digest = _sha256(data)
+        if expected is not None and digest != expected:
+            return None
+        self._pwrite(offset, data)
+        return digest
 
     async def _advance_hasher(self, *, known: tuple[int, bytes] | None = None) -> None:
         """Fold present chunks into the whole-blob hasher while they are contiguous."""
@@ -144,7 +152,10 @@ class BlobBase:
     async def _read_verified(self, index: int) -> bytes | None:
         """Read a present chunk back and check its recorded hash; drop it if it rotted."""
         offset, length = self.chunk_span(index)
-        data: bytes = await _maybe_thread(self._pread, offset, length, size=length)
+        try:
+            data: bytes = await _maybe_thread(self._pread, offset, length, size=length)
+        except OSError as exc:
+            raise StoreError(f"reading chunk {index} of {self.digest}: {exc}") from exc
         recorded = self._hashes[index]
         if recorded is None or len(data) != length or _sha256(data) != recorded:
             log.warning("chunk %d of %s failed re-verification; refetching it", index, self.digest)
@@ -184,8 +195,8 @@ class BlobBase:
             raise StoreError(f"cannot seal {self.digest}: a chunk failed re-verification")
         if self._hasher.hexdigest() != self.digest.hex:
             self._discarded = True
+            self.on_discard(self.digest)  # out of the index before its files go
             await self._drop()
-            self.on_discard(self.digest)
             raise DigestMismatch(
                 f"blob bytes hash to sha256:{self._hasher.hexdigest()}, not {self.digest}"
             )
@@ -212,6 +223,7 @@ class StoreBase:
         self._blobs: dict[Digest, BlobBase] = {}
         self._pins: dict[Digest, int] = {}
         self._last_used: dict[Digest, float] = {}
+        self._open_lock = trio.Lock()  # one open at a time: no two blobs for one digest
         self.evictions = 0
 
     def lookup(self, digest: Digest) -> BlobBase | None:
@@ -282,22 +294,25 @@ class StoreBase:
     ) -> BlobBase:
         if size < 0:
             raise ValueError("size must be >= 0")
-        existing = self._blobs.get(digest)
-        if existing is not None:
-            if existing.size == size:
-                self.touch(digest)
-                return existing
-            if existing.complete:
-                raise DigestMismatch(
-                    f"{digest} is stored with {existing.size} bytes, not {size}"
+        async with self._open_lock:
+            existing = self._blobs.get(digest)
+            if existing is not None:
+                if existing.size == size:
+                    self.touch(digest)
+                    return existing
+                if existing.complete:
+                    raise DigestMismatch(
+                        f"{digest} is stored with {existing.size} bytes, not {size}"
+                    )
+                log.warning(
+                    "partial %s had size %d, now %d: restarting", digest, existing.size, size
                 )
-            log.warning("partial %s had size %d, now %d: restarting", digest, existing.size, size)
-            await self.remove(digest)
-        await self._make_room(size)
-        blob = await self._create(digest, size=size, media_type=media_type)
-        self._adopt(blob)
-        self.touch(digest)
-        return blob
+                await self.remove(digest)
+            await self._make_room(size)
+            blob = await self._create(digest, size=size, media_type=media_type)
+            self._adopt(blob)
+            self.touch(digest)
+            return blob
 
     def _adopt(self, blob: BlobBase) -> None:
         self._blobs[blob.digest] = blob

@@ -13,11 +13,11 @@ read back for the whole-blob hash, so a torn write is caught before a blob is ma
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -152,9 +152,13 @@ class DiskStore(StoreBase):
         meta = msgpack.unpackb((directory / "meta").read_bytes())
         if meta["v"] != META_VERSION or meta["digest"] != str(digest):
             raise ValueError(f"metadata does not describe {digest}")
-        size, chunk_size = int(meta["size"]), int(meta["chunk_size"])
+        size, chunk_size = meta["size"], meta["chunk_size"]
+        if not isinstance(size, int) or not isinstance(chunk_size, int):
+            raise ValueError("sizes in metadata are not integers")
+        if chunk_size <= 0 or size < 0:
+            raise ValueError("inconsistent sizes in metadata")
         count = chunk_count(size, chunk_size)
-        if chunk_size <= 0 or size < 0 or len(meta["hashes"]) != count:
+        if len(meta["hashes"]) != count:
             raise ValueError("inconsistent sizes in metadata")
         have = Bitfield(count, bytes(meta["have"]))
         hashes: list[bytes | None] = [bytes(h) or None for h in meta["hashes"]]
@@ -195,10 +199,8 @@ class DiskStore(StoreBase):
         super().touch(digest)
         blob = self._blobs.get(digest)
         if isinstance(blob, DiskBlob):
-            try:
-                os.utime(blob.directory / "meta", (time.time(), time.time()))
-            except OSError:
-                pass
+            with contextlib.suppress(OSError):
+                os.utime(blob.directory / "meta")
 
 
 def _allocate(directory: Path, size: int) -> None:

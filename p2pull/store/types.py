@@ -73,16 +73,16 @@ class BlobStore(Protocol):
         """A complete or partial blob, or None."""
         ...
 
-    async def open(
-        self, digest: Digest, *, size: int, media_type: str | None = None
-    ) -> StoredBlob:
+    async def open(self, digest: Digest, *, size: int, media_type: str | None = None) -> StoredBlob:
         """The existing blob (partial blobs resume) or a new empty one of ``size`` bytes.
 
         A partial blob recorded with another size is discarded and recreated. May evict least
         recently used, unpinned complete blobs to make room; StoreFull when it cannot."""
         ...
 
-    async def put(self, digest: Digest, data: bytes, *, media_type: str | None = None) -> StoredBlob:
+    async def put(
+        self, digest: Digest, data: bytes, *, media_type: str | None = None
+    ) -> StoredBlob:
         """Store a small blob (a manifest) in one step: write, seal, return."""
         ...
 
