@@ -58,10 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     demo = commands.add_parser("demo", help="a local pull storm on loopback")
-    demo.add_argument("--clients", type=int, default=8, help="simultaneous pulls")
+    demo.add_argument("--nodes", type=int, default=4, help="agents on loopback")
+    demo.add_argument("--clients", type=int, default=2, help="simultaneous pulls per node")
     demo.add_argument("--size", default="256MiB", help="image size (split over its layers)")
     demo.add_argument("--layers", type=int, default=4, help="number of layers")
-    demo.add_argument("--rate", default="200MiB", help="origin upload rate per second (0: none)")
+    demo.add_argument(
+        "--rate", default="100MiB", help="origin rate per stream, per second (0: none)"
+    )
     demo.add_argument("--data-dir", default=None, help="store directory (default: a temp dir)")
     return parser
 

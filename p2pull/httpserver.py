@@ -227,7 +227,11 @@ class HttpServer:
             ),
             peer=peer,
         )
-        response = await self._handler(request)
+        try:
+            response = await self._handler(request)
+        except Exception:
+            log.exception("handler failed on %s %s", request.method, request.path[:200])
+            response = Response(500, [("content-type", "text/plain")], b"internal error\n")
         return await self._send_response(conn, stream, request, response)
 
     async def _send_simple(
