@@ -187,13 +187,15 @@ class BlobService:
             transfer.fail(exc)
         except P2pullError as exc:
             log.warning("transfer of %s failed: %s", transfer.digest, exc)
-            if transfer.blob is not None:
-                with contextlib.suppress(StoreError):
-                    await transfer.blob.checkpoint()
             if not isinstance(exc, StoreError | BlobUnavailable):
                 exc = BlobUnavailable(f"{transfer.digest}: {exc}")
             transfer.fail(exc)
         finally:
+            # Failed or cancelled (the agent is stopping): record every chunk that landed, so a
+            # restart resumes after them instead of refetching up to persist_every chunks.
+            if transfer.blob is not None:
+                with trio.CancelScope(shield=True), contextlib.suppress(StoreError):
+                    await transfer.blob.checkpoint()
             self._transfers.pop(transfer.digest, None)
             transfer.notify()
 

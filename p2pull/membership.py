@@ -1,0 +1,208 @@
+"""Who is in the cluster, and which member seeds which blob.
+
+Pure logic: no sockets, no trio, no clock reads (every time-dependent call takes ``now``).
+
+A member's identity is its advertised peer address, ``"host:port"`` (``"[h]:p"`` for IPv6) with the
+host an IP literal in canonical form, so every node computes the same identity for the same member
+whichever discovery source found it. Discovery sources ("static", "dns", "mdns") each hand in
+their full current view; the live view is the union of those views plus this node, minus the
+members the peer layer found unreachable (suspected) within the last ``suspect_for`` seconds.
+
+The seed of a blob is the live member with the highest rendezvous (HRW) score for its digest;
+removing any other member never moves a blob's seed, and removing the seed hands the blob to the
+old second. See tests/test_membership.py for the properties.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from p2pull.errors import P2pullError
+
+
+class InvalidPeerAddress(P2pullError, ValueError):
+    """A peer address that is not ``IP:port`` (the host must be an IP literal, port 1-65535)."""
+
+
+def canonical_host(host: str) -> str:
+    """The canonical text of an IP literal (``"::FFFF:1"`` -> ``"::ffff:1"``); raise otherwise."""
+    text = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise InvalidPeerAddress(
+            f"peer host {host!r} is not an IP address (peer identities are IP:port; "
+            "use DNS discovery for names)"
+        ) from None
+
+
+def format_node_id(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Member:
+    """One agent. ``node_id`` is derived from ``host`` and ``port``; build with ``Member.of``."""
+
+    node_id: str
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise InvalidPeerAddress(f"peer port {self.port} is outside 1-65535")
+        if canonical_host(self.host) != self.host:
+            raise InvalidPeerAddress(f"peer host {self.host!r} is not in canonical form")
+        if self.node_id != format_node_id(self.host, self.port):
+            raise InvalidPeerAddress(
+                f"node_id {self.node_id!r} is not {format_node_id(self.host, self.port)!r}"
+            )
+
+    @classmethod
+    def of(cls, host: str, port: int) -> Member:
+        """The member at ``host`` (any textual form of an IP) and ``port``."""
+        canonical = canonical_host(host)
+        return cls(format_node_id(canonical, port), canonical, port)
+
+    @classmethod
+    def parse(cls, address: str) -> Member:
+        """``"198.18.0.2:5051"`` or ``"[fd00::2]:5051"`` -> Member."""
+        text = address.strip()
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise InvalidPeerAddress(f"peer address {address!r} is not host:port")
+        if ":" in host and not (host.startswith("[") and host.endswith("]")):
+            raise InvalidPeerAddress(f"IPv6 peer address {address!r} needs brackets: [h]:p")
+        if not port_text.isascii() or not port_text.isdigit():
+            raise InvalidPeerAddress(f"peer address {address!r} has no numeric port")
+        return cls.of(host, int(port_text))
+
+
+def hrw_score(node_id: str, digest: str) -> int:
+    """Rendezvous score of ``node_id`` for ``digest``: the first 8 bytes of a sha256, big-endian."""
+    hashed = hashlib.sha256(node_id.encode() + b"\0" + digest.encode()).digest()
+    return int.from_bytes(hashed[:8], "big")
+
+
+def rank(members: Iterable[Member], digest: str) -> list[Member]:
+    """Members by descending score for ``digest``; ties (practically never) by node_id."""
+    return sorted(members, key=lambda m: (-hrw_score(m.node_id, digest), m.node_id))
+
+
+class Membership:
+    """The merged membership view of one node.
+
+    ``version`` bumps each time the live set changes; ``on_change`` (if set) is called right after.
+    Suspicion expires with time, which this class cannot observe by itself: every call that takes
+    ``now`` applies expiries first, and a shell that wants to notice expiries promptly calls
+    ``expire(now=...)`` at ``next_expiry()``.
+    """
+
+    __slots__ = (
+        "_live",
+        "_now",
+        "_suspected",
+        "_views",
+        "on_change",
+        "self_member",
+        "suspect_for",
+        "version",
+    )
+
+    def __init__(
+        self,
+        *,
+        self_member: Member,
+        suspect_for: float = 10.0,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        if suspect_for < 0:
+            raise ValueError("suspect_for must be >= 0")
+        self.self_member = self_member
+        self.suspect_for = suspect_for
+        self.on_change = on_change
+        self.version = 0
+        self._views: dict[str, frozenset[Member]] = {}
+        self._suspected: dict[str, float] = {}  # node_id -> when the suspicion ends
+        self._now = float("-inf")  # the latest ``now`` seen
+        self._live: tuple[Member, ...] = (self_member,)
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def update_source(self, source: str, members: Iterable[Member], *, now: float) -> None:
+        """Replace ``source``'s view with ``members`` (its full current view)."""
+        view = frozenset(members)
+        self._advance(now)
+        if view:
+            self._views[source] = view
+        else:
+            self._views.pop(source, None)
+        self._refresh()
+
+    def suspect(self, node_id: str, *, now: float) -> None:
+        """A connection to ``node_id`` failed: leave the live view for ``suspect_for`` seconds."""
+        self._advance(now)
+        if node_id != self.self_member.node_id:
+            until = now + self.suspect_for
+            self._suspected[node_id] = max(self._suspected.get(node_id, until), until)
+        self._refresh()
+
+    def alive(self, node_id: str) -> None:
+        """``node_id`` answered: clear its suspicion."""
+        if self._suspected.pop(node_id, None) is not None:
+            self._refresh()
+
+    def expire(self, *, now: float) -> None:
+        """Let the suspicions that ended by ``now`` lapse (every ``now``-taking call does this)."""
+        self._advance(now)
+        self._refresh()
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def live(self, *, now: float) -> list[Member]:
+        """Every source's members plus this node, minus the suspected; sorted by node_id."""
+        self.expire(now=now)
+        return list(self._live)
+
+    def seed_for(self, digest: str, *, now: float) -> Member:
+        """The member that fetches ``digest`` from the origin."""
+        return self.successors(digest, now=now)[0]
+
+    def successors(self, digest: str, *, now: float) -> list[Member]:
+        """Live members in HRW order for ``digest``: the seed, then whoever takes over from it."""
+        return rank(self.live(now=now), digest)
+
+    def next_expiry(self) -> float | None:
+        """When the earliest suspicion ends (None if nobody is suspected)."""
+        return min(self._suspected.values(), default=None)
+
+    def sources(self) -> dict[str, list[Member]]:
+        """Each source's current view (for status pages and logs)."""
+        return {source: sorted(view) for source, view in sorted(self._views.items())}
+
+    def suspected(self) -> dict[str, float]:
+        """node_id -> when its suspicion ends."""
+        return dict(self._suspected)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _advance(self, now: float) -> None:
+        self._now = max(self._now, now)
+        for node_id, until in list(self._suspected.items()):
+            if until <= self._now:
+                del self._suspected[node_id]
+
+    def _refresh(self) -> None:
+        by_id = {member.node_id: member for view in self._views.values() for member in view}
+        by_id[self.self_member.node_id] = self.self_member
+        live = tuple(
+            member for node_id, member in sorted(by_id.items()) if node_id not in self._suspected
+        )
+        if live != self._live:
+            self._live = live
+            self.version += 1
+            if self.on_change is not None:
+                self.on_change()
