@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 
 import h11
@@ -256,13 +256,14 @@ class _GatedBody:
     def __init__(self, body: FakeBody, owner: GatedUpstream) -> None:
         self.size, self.start, self._body, self._owner = body.size, body.start, body, owner
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         sent = self.start
-        async for piece in self._body.chunks():
-            if sent >= self._owner.open_after:
-                await self._owner.gate.wait()
-            sent += len(piece)
-            yield piece
+        async with aclosing(self._body.chunks()) as pieces:
+            async for piece in pieces:
+                if sent >= self._owner.open_after:
+                    await self._owner.gate.wait()
+                sent += len(piece)
+                yield piece
 
 
 async def test_first_bytes_leave_before_the_blob_completes(tmp_path: Path) -> None:

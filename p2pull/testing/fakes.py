@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -27,7 +27,7 @@ class FakeBody:
     truncate_at: int | None
     owner: MemoryUpstream
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         end = len(self.data) if self.truncate_at is None else min(len(self.data), self.truncate_at)
         for offset in range(self.start, end, self.piece):
             await trio.lowlevel.checkpoint()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import httpx
 
@@ -63,7 +63,7 @@ class StreamedBlob:
             )
         raise UpstreamError(f"GET {what}: unexpected HTTP {response.status_code} for a blob")
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """Raw bytes from ``start``; raises TruncatedBody if the stream breaks or ends short."""
         if self._iterated:
             raise RuntimeError("a blob body can be iterated only once")

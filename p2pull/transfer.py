@@ -1,0 +1,109 @@
+"""A blob being filled in the store, and the readers that follow it chunk by chunk."""
+
+from __future__ import annotations
+
+import math
+
+import trio
+
+from p2pull.errors import P2pullError
+from p2pull.reference import Digest
+from p2pull.store.types import BlobStore, ByteSink, StoredBlob
+
+
+class Transfer:
+    """One blob being filled in the store. Owned by its fetch task; readers only wait on it."""
+
+    def __init__(
+        self, digest: Digest, blob: StoredBlob | None, *, ns: str | None, name: str
+    ) -> None:
+        self.digest = digest
+        self.blob = blob
+        self.ns = ns
+        self.name = name
+        self.error: P2pullError | None = None
+        self._changed = trio.Event()
+        self._subscribers: list[trio.MemorySendChannel[int]] = []
+        self._waiting: dict[int, int] = {}  # chunk index -> readers waiting for it
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def chunk_landed(self, index: int) -> None:
+        """A chunk was stored (verified): wake readers and tell subscribers which one."""
+        for channel in list(self._subscribers):
+            try:
+                channel.send_nowait(index)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._subscribers.remove(channel)
+        self.notify()
+
+    def subscribe(self) -> trio.MemoryReceiveChannel[int]:
+        """A channel of the indices of chunks landing from now on (unbounded, never blocks)."""
+        send, receive = trio.open_memory_channel[int](math.inf)
+        self._subscribers.append(send)
+        return receive
+
+    @property
+    def wanted_index(self) -> int | None:
+        """The lowest chunk a local reader is waiting on (the swarm fetches it first)."""
+        return min(self._waiting) if self._waiting else None
+
+    def fail(self, error: P2pullError) -> None:
+        self.error = error
+        self.notify()
+
+    async def wait_blob(self) -> StoredBlob:
+        """Wait until the size is known (the store entry exists)."""
+        while self.blob is None:
+            if self.error is not None:
+                raise self.error
+            await self._changed.wait()
+        return self.blob
+
+    async def wait_chunk(self, index: int) -> StoredBlob:
+        """Wait until chunk ``index`` may be served (the last one: until the blob is verified)."""
+        blob = await self.wait_blob()
+        last = blob.bitfield.length - 1
+        if blob.complete or (index != last and blob.bitfield.has(index)):
+            return blob
+        self._waiting[index] = self._waiting.get(index, 0) + 1
+        try:
+            while not (blob.complete or (index != last and blob.bitfield.has(index))):
+                if self.error is not None:
+                    raise self.error
+                await self._changed.wait()
+        finally:
+            self._waiting[index] -= 1
+            if not self._waiting[index]:
+                del self._waiting[index]
+        return blob
+
+
+class BlobReader:
+    """Streams a blob (or a range of it) to a sink as chunks become servable."""
+
+    def __init__(self, *, blob: StoredBlob, transfer: Transfer | None, store: BlobStore) -> None:
+        self.blob = blob
+        self.size = blob.size
+        self.transfer = transfer
+        self._store = store
+
+    @property
+    def local(self) -> bool:
+        return self.transfer is None
+
+    async def send(self, sink: ByteSink, *, offset: int, length: int) -> None:
+        blob = self.blob
+        end = offset + length
+        with self._store.pin(blob.digest):
+            self._store.touch(blob.digest)
+            while offset < end:
+                index = offset // blob.chunk_size
+                if self.transfer is not None:
+                    await self.transfer.wait_chunk(index)
+                chunk_offset, chunk_length = blob.chunk_span(index)
+                count = min(end, chunk_offset + chunk_length) - offset
+                await blob.send(sink, offset=offset, length=count)
+                offset += count

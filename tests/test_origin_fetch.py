@@ -1,0 +1,75 @@
+"""OriginFetcher: only the wanted gaps are asked of the origin, with Range requests."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import trio
+
+from p2pull.metrics import Metrics
+from p2pull.origin_fetch import OriginFetcher
+from p2pull.store.memory import MemoryStore
+from p2pull.testing.fakes import FixedUpstreams, MemoryUpstream
+from p2pull.transfer import Transfer
+
+CHUNK = 64 * 1024
+
+
+@pytest.mark.parametrize(
+    ("wanted_chunks", "expected_opens"),
+    [
+        pytest.param(set(range(10)), [0], id="everything"),
+        pytest.param({0, 1, 2, 6, 7}, [0, 6 * CHUNK], id="two-runs"),
+        pytest.param({3}, [3 * CHUNK], id="single-chunk"),
+        pytest.param({9}, [9 * CHUNK], id="last-chunk"),
+        pytest.param(set(), [], id="nothing"),
+    ],
+)
+async def test_fetches_only_wanted_runs(
+    tmp_path: Path, wanted_chunks: set[int], expected_opens: list[int]
+) -> None:
+    data = random.Random(3).randbytes(10 * CHUNK - 100)
+    upstream = MemoryUpstream(piece=16 * 1024)
+    digest = upstream.add_blob(data)
+    store = MemoryStore(chunk_size=CHUNK)
+    blob = await store.open(digest, size=len(data))
+    transfer = Transfer(digest, blob, ns=None, name="a/b")
+    landed = transfer.subscribe()
+    fetcher = OriginFetcher(store=store, upstreams=FixedUpstreams(upstream), metrics=Metrics())
+    with trio.fail_after(10):
+        await fetcher.fetch(transfer, wanted=lambda index: index in wanted_chunks)
+    assert set(blob.bitfield.present()) == wanted_chunks
+    assert [start for _, start in upstream.opens] == expected_opens
+    wanted_bytes = sum(blob.chunk_span(i)[1] for i in wanted_chunks)
+    assert upstream.bytes_sent == wanted_bytes
+    got = set()
+    while True:
+        try:
+            got.add(landed.receive_nowait())
+        except trio.WouldBlock:
+            break
+    assert got == wanted_chunks
+    for index in wanted_chunks:
+        offset, length = blob.chunk_span(index)
+        assert await blob.read(offset, length) == data[offset : offset + length]
+
+
+async def test_chunks_arriving_from_elsewhere_end_the_stream(tmp_path: Path) -> None:
+    data = random.Random(4).randbytes(8 * CHUNK)
+    upstream = MemoryUpstream(piece=16 * 1024)
+    digest = upstream.add_blob(data)
+    store = MemoryStore(chunk_size=CHUNK)
+    blob = await store.open(digest, size=len(data))
+    # chunks 4 and 5 "came from a peer" before the origin stream reached them
+    for index in (4, 5):
+        offset, length = blob.chunk_span(index)
+        await blob.write_chunk(index, data[offset : offset + length])
+    transfer = Transfer(digest, blob, ns=None, name="a/b")
+    fetcher = OriginFetcher(store=store, upstreams=FixedUpstreams(upstream), metrics=Metrics())
+    with trio.fail_after(10):
+        await fetcher.fetch(transfer)
+    await blob.seal()
+    assert [start for _, start in upstream.opens] == [0, 6 * CHUNK]
+    assert upstream.bytes_sent == 6 * CHUNK
