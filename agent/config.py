@@ -40,7 +40,10 @@ class AgentConfig:
     upstreams: Mapping[str, str] = field(default_factory=dict)
     default_upstream: str | None = None
     peers: tuple[HostPort, ...] = ()
+    discovery: str = "mdns"  # "static", "mdns" or "dns:NAME"
+    advertise_addr: str | None = None  # the IP other nodes reach this one at
     cluster_secret_file: Path | None = None
+    cluster_secret: bytes | None = field(default=None, repr=False)  # in-process (demo, tests)
     credentials_file: Path | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
     store_quota: int = 0
@@ -87,6 +90,13 @@ def add_agent_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str])
     )
     opt("--default-upstream", default=None, help="upstream URL for clients that send no ns")
     opt("--peers", default="", help="static peer list HOST:PORT,... (used by the swarm)")
+    opt(
+        "--discovery",
+        default=None,
+        help="mdns, dns:NAME (a headless Service) or static (default: static with --peers, "
+        "else mdns)",
+    )
+    opt("--advertise-addr", default=None, help="IP that other nodes reach this node at")
     opt("--cluster-secret-file", default=None, help="file holding the cluster secret")
     opt("--credentials", default=None, help="docker config.json-style registry credentials")
     opt("--chunk-size", default="4MiB", help="chunk size of new blobs")
@@ -115,6 +125,13 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     chunk_size = parse_size(args.chunk_size)
     if not 64 * 1024 <= chunk_size <= 64 * 1024 * 1024:
         raise ConfigError("--chunk-size must be between 64KiB and 64MiB")
+    discovery = args.discovery or ("static" if args.peers.strip() else "mdns")
+    if discovery not in ("static", "mdns") and not (
+        discovery.startswith("dns:") and len(discovery) > 4
+    ):
+        raise ConfigError(f"--discovery: expected mdns, static or dns:NAME, got {discovery!r}")
+    if discovery == "static" and not args.peers.strip():
+        raise ConfigError("--discovery static needs --peers")
     level = args.log_level.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"--log-level: unknown level {args.log_level!r}")
@@ -128,6 +145,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         peers=tuple(
             HostPort.parse(p.strip(), what="--peers") for p in args.peers.split(",") if p.strip()
         ),
+        discovery=discovery,
+        advertise_addr=args.advertise_addr,
         cluster_secret_file=Path(args.cluster_secret_file) if args.cluster_secret_file else None,
         credentials_file=Path(args.credentials) if args.credentials else None,
         chunk_size=chunk_size,

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, ConfigError
 from p2pull.blobs import BlobService
+from p2pull.discovery.dns import DnsDiscovery
+from p2pull.discovery.mdns import MdnsDiscovery
+from p2pull.discovery.static import StaticDiscovery
 from p2pull.httpserver import HttpServer, Request, Response
 from p2pull.manifests import ManifestService
+from p2pull.membership import Member, Membership
 from p2pull.metrics import Metrics
 from p2pull.mirror import Mirror
 from p2pull.store.disk import DiskStore
+from p2pull.swarm.node import SwarmConfig, SwarmNode
 from p2pull.upstream.client import RegistrySet
 from p2pull.upstream.credentials import Credentials
 
@@ -37,6 +44,31 @@ def tune_httpcore() -> None:
 class AgentPorts:
     mirror: int
     metrics: int
+    peer: int | None = None  # None: the swarm is off (no cluster secret)
+
+
+def read_secret(path: Path) -> bytes:
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"--cluster-secret-file: cannot read {path}: {exc}") from exc
+    if len(secret) < 16:
+        raise ConfigError(f"--cluster-secret-file: {path} holds fewer than 16 bytes")
+    return secret
+
+
+def advertised_host(config: AgentConfig) -> str:
+    if config.advertise_addr:
+        return config.advertise_addr
+    if config.peer_addr.host not in ("0.0.0.0", "::", ""):
+        return config.peer_addr.host
+    return socket.gethostbyname(socket.gethostname())
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host if host not in ("", "::") else "0.0.0.0", 0))
+        return int(sock.getsockname()[1])
 
 
 class Agent:
@@ -47,16 +79,18 @@ class Agent:
         self.metrics = metrics if metrics is not None else Metrics()
         self.ready = False
         self.store: DiskStore | None = None
+        self.membership: Membership | None = None
 
     async def run(
         self, *, task_status: trio.TaskStatus[AgentPorts] = trio.TASK_STATUS_IGNORED
     ) -> None:
         config = self.config
         tune_httpcore()
-        if config.peers or config.cluster_secret_file:
-            log.warning(
-                "peer exchange is not implemented yet: --peers/--cluster-secret-file ignored"
-            )
+        secret = config.cluster_secret
+        if secret is None and config.cluster_secret_file is not None:
+            secret = read_secret(config.cluster_secret_file)
+        if secret is None:
+            log.warning("no cluster secret: peer exchange is off, this node pulls alone")
         store = await DiskStore.load(
             config.data_dir, chunk_size=config.chunk_size, quota_bytes=config.store_quota
         )
@@ -81,6 +115,9 @@ class Agent:
             mirror = Mirror(blobs=blobs, manifests=manifests, metrics=self.metrics)
             async with trio.open_nursery() as nursery:
                 await nursery.start(blobs.run)
+                peer_port = None
+                if secret is not None:
+                    peer_port = await self._start_swarm(nursery, secret, store, blobs)
                 mirror_port = await nursery.start(
                     HttpServer(
                         mirror.handle, host=config.mirror_addr.host, port=config.mirror_addr.port
@@ -100,7 +137,44 @@ class Agent:
                         "data_dir": str(config.data_dir),
                     },
                 )
-                task_status.started(AgentPorts(mirror=mirror_port, metrics=metrics_port))
+                task_status.started(
+                    AgentPorts(mirror=mirror_port, metrics=metrics_port, peer=peer_port)
+                )
+
+    async def _start_swarm(
+        self, nursery: trio.Nursery, secret: bytes, store: DiskStore, blobs: BlobService
+    ) -> int:
+        config = self.config
+        host = advertised_host(config)
+        port = config.peer_addr.port or free_port(config.peer_addr.host)
+        member = Member.of(host, port)
+        membership = Membership(self_member=member)
+        self.membership = membership
+        node = SwarmNode(
+            config=SwarmConfig(
+                member=member,
+                secret=secret,
+                bind_host=config.peer_addr.host,
+                max_chunk_size=max(config.chunk_size, 64 * 1024 * 1024),
+            ),
+            membership=membership,
+            store=store,
+            blobs=blobs,
+            metrics=self.metrics,
+        )
+        bound = await nursery.start(node.run)
+        blobs.swarm = node
+        discovery: StaticDiscovery | MdnsDiscovery | DnsDiscovery
+        if config.discovery == "static":
+            peers = [Member.of(p.host, p.port) for p in config.peers]
+            discovery = StaticDiscovery(membership, peers)
+        elif config.discovery == "mdns":
+            discovery = MdnsDiscovery(membership, host=host, port=port)
+        else:
+            discovery = DnsDiscovery(config.discovery.removeprefix("dns:"), port, membership)
+        await nursery.start(discovery.run)
+        log.info("swarm on", extra={"node_id": member.node_id, "discovery": config.discovery})
+        return int(bound)
 
     async def _admin(self, request: Request) -> Response:
         if request.path == "/metrics":

@@ -88,6 +88,15 @@ class Metrics:
         self.store_quota_bytes = Gauge(
             "p2pull_store_quota_bytes", "Configured store quota in bytes (0: none)", registry=r
         )
+        self.peer_upload_bytes = Counter(
+            "p2pull_peer_upload_bytes", "Chunk bytes sent to peers", registry=r
+        )
+        self.peer_links = Gauge(
+            "p2pull_peer_links", "Authenticated connections to peers open now", registry=r
+        )
+        self.swarms = Gauge(
+            "p2pull_swarms", "Blobs this node is downloading through the swarm now", registry=r
+        )
         self.store_evictions = Counter(
             "p2pull_store_evictions", "Blobs evicted by the LRU quota", registry=r
         )

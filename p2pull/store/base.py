@@ -290,16 +290,34 @@ class StoreBase:
         return blob
 
     async def open(
-        self, digest: Digest, *, size: int, media_type: str | None = None
+        self,
+        digest: Digest,
+        *,
+        size: int,
+        media_type: str | None = None,
+        chunk_size: int | None = None,
     ) -> BlobBase:
         if size < 0:
             raise ValueError("size must be >= 0")
+        if chunk_size is not None and chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
         async with self._open_lock:
             existing = self._blobs.get(digest)
             if existing is not None:
-                if existing.size == size:
+                same_chunks = chunk_size is None or existing.chunk_size == chunk_size
+                if existing.size == size and (same_chunks or existing.complete):
                     self.touch(digest)
                     return existing
+                if existing.size == size:
+                    log.warning(
+                        "partial %s uses %d-byte chunks, the swarm %d: restarting",
+                        digest,
+                        existing.chunk_size,
+                        chunk_size,
+                    )
+                    await self.remove(digest)
+                    existing = None
+            if existing is not None:
                 if existing.complete:
                     raise DigestMismatch(
                         f"{digest} is stored with {existing.size} bytes, not {size}"
@@ -309,7 +327,9 @@ class StoreBase:
                 )
                 await self.remove(digest)
             await self._make_room(size)
-            blob = await self._create(digest, size=size, media_type=media_type)
+            blob = await self._create(
+                digest, size=size, media_type=media_type, chunk_size=chunk_size or self.chunk_size
+            )
             self._adopt(blob)
             self.touch(digest)
             return blob
@@ -322,5 +342,7 @@ class StoreBase:
         self._blobs.pop(digest, None)
         self._last_used.pop(digest, None)
 
-    async def _create(self, digest: Digest, *, size: int, media_type: str | None) -> BlobBase:
+    async def _create(
+        self, digest: Digest, *, size: int, media_type: str | None, chunk_size: int
+    ) -> BlobBase:
         raise NotImplementedError

@@ -180,11 +180,11 @@ class DiskStore(StoreBase):
             complete=complete,
         )
 
-    async def _create(self, digest: Digest, *, size: int, media_type: str | None) -> BlobBase:
+    async def _create(
+        self, digest: Digest, *, size: int, media_type: str | None, chunk_size: int
+    ) -> BlobBase:
         directory = self.blob_root / digest.hex
-        blob = DiskBlob(
-            directory, digest, size=size, chunk_size=self.chunk_size, media_type=media_type
-        )
+        blob = DiskBlob(directory, digest, size=size, chunk_size=chunk_size, media_type=media_type)
         try:
             await trio.to_thread.run_sync(_allocate, directory, size)
         except OSError as exc:

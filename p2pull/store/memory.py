@@ -32,5 +32,7 @@ class MemoryStore(StoreBase):
     def __init__(self, *, chunk_size: int, quota_bytes: int = 0) -> None:
         super().__init__(chunk_size=chunk_size, quota_bytes=quota_bytes)
 
-    async def _create(self, digest: Digest, *, size: int, media_type: str | None) -> BlobBase:
-        return MemoryBlob(digest, size=size, chunk_size=self.chunk_size, media_type=media_type)
+    async def _create(
+        self, digest: Digest, *, size: int, media_type: str | None, chunk_size: int
+    ) -> BlobBase:
+        return MemoryBlob(digest, size=size, chunk_size=chunk_size, media_type=media_type)

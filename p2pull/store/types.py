@@ -73,10 +73,18 @@ class BlobStore(Protocol):
         """A complete or partial blob, or None."""
         ...
 
-    async def open(self, digest: Digest, *, size: int, media_type: str | None = None) -> StoredBlob:
+    async def open(
+        self,
+        digest: Digest,
+        *,
+        size: int,
+        media_type: str | None = None,
+        chunk_size: int | None = None,
+    ) -> StoredBlob:
         """The existing blob (partial blobs resume) or a new empty one of ``size`` bytes.
 
-        A partial blob recorded with another size is discarded and recreated. May evict least
+        ``chunk_size`` (default: the store's) is the swarm's chunking for this blob; a partial
+        blob recorded with another size or chunk size is discarded and recreated. May evict least
         recently used, unpinned complete blobs to make room; StoreFull when it cannot."""
         ...
 

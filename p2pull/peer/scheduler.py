@@ -1,0 +1,260 @@
+"""Which chunk to ask of which peer: a pure policy, fed events and ``now`` by the swarm's loop.
+
+The scheduler knows each peer's bitfield, what we hold, and every request in flight (with when it
+was sent). ``next_requests`` hands out new requests in this order:
+
+1. chunks of the reader window (``set_window``), lowest index first: a local reader waits on them;
+2. then rarest first (fewest known peers have it), ties broken by lowest index;
+
+each to the peer that has the chunk and the fewest requests in flight (ties: lowest peer id),
+never above ``max_in_flight_per_peer``, never to a penalized peer, never to a peer that recently
+failed that chunk, never a chunk we hold, and never a chunk already in flight, except in the
+endgame: once every missing chunk is in flight, spare slots duplicate in-flight chunks to other
+peers (up to ``endgame_duplicates`` requests per chunk; window chunks first, then the longest
+outstanding) and the first copy to arrive makes ``on_piece`` return the others, to cancel.
+
+``expire`` releases requests at or past ``request_timeout`` and penalizes their peers (no new
+requests for ``stall_penalty`` seconds). Everything is deterministic: the same calls in the same
+order give the same answers, whatever the dicts' insertion order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from p2pull.bitfield import Bitfield
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Assignment:
+    """A request: ask ``peer`` for chunk ``index`` (or, from ``on_piece``/``expire``, cancel it)."""
+
+    peer: str
+    index: int
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        chunk_count: int,
+        max_in_flight_per_peer: int = 4,
+        request_timeout: float = 10.0,
+        endgame_duplicates: int = 2,
+        stall_penalty: float = 5.0,
+    ) -> None:
+        if max_in_flight_per_peer < 1 or endgame_duplicates < 1:
+            raise ValueError("max_in_flight_per_peer and endgame_duplicates must be >= 1")
+        if request_timeout <= 0 or stall_penalty < 0:
+            raise ValueError("request_timeout must be > 0 and stall_penalty >= 0")
+        self.chunk_count = chunk_count
+        self.max_in_flight_per_peer = max_in_flight_per_peer
+        self.request_timeout = request_timeout
+        self.endgame_duplicates = endgame_duplicates
+        self.stall_penalty = stall_penalty
+        self._have = Bitfield(chunk_count)  # ValueError if chunk_count < 0
+        self._peers: dict[str, Bitfield] = {}
+        self._availability = [0] * chunk_count  # how many known peers hold each chunk
+        self._by_chunk: dict[int, dict[str, float]] = {}  # in flight: index -> {peer: sent at}
+        self._by_peer: dict[str, dict[int, float]] = {}  # the same, per peer
+        # Requests for chunks we got meanwhile (have() came before on_piece()): on_piece cancels.
+        self._stale: dict[int, set[str]] = {}
+        self._penalized_until: dict[str, float] = {}
+        self._avoid_until: dict[tuple[str, int], float] = {}  # (peer, index) that failed lately
+        self._window = range(0)
+
+    # --- what we and the peers hold -----------------------------------------------------------
+
+    def have(self, index: int) -> None:
+        """We hold chunk ``index`` now (verified). Its in-flight requests stop counting."""
+        self._have.set(index)  # IndexError when out of range
+        for peer in list(self._by_chunk.get(index, ())):
+            self._release(peer, index)
+            self._stale.setdefault(index, set()).add(peer)
+
+    def add_peer(self, peer: str, bitfield: Bitfield) -> None:
+        """A peer and what it holds; replaces the bitfield of a peer already known."""
+        if bitfield.length != self.chunk_count:
+            raise ValueError(f"bitfield of {bitfield.length} chunks for a {self.chunk_count}")
+        old = self._peers.get(peer)
+        if old is not None:
+            for index in old.present():
+                self._availability[index] -= 1
+        self._peers[peer] = bitfield.copy()
+        self._by_peer.setdefault(peer, {})
+        for index in bitfield.present():
+            self._availability[index] += 1
+
+    def peer_has(self, peer: str, index: int) -> None:
+        """``peer`` announced chunk ``index``. An unknown peer is added (holding just that)."""
+        if peer not in self._peers:
+            self.add_peer(peer, Bitfield(self.chunk_count))
+        field = self._peers[peer]
+        if not field.has(index):
+            field.set(index)
+            self._availability[index] += 1
+
+    def remove_peer(self, peer: str) -> list[int]:
+        """Forget ``peer``; returns the chunks it had in flight, now released (ascending)."""
+        field = self._peers.pop(peer, None)
+        if field is not None:
+            for index in field.present():
+                self._availability[index] -= 1
+        released = sorted(self._by_peer.get(peer, ()))
+        for index in released:
+            self._release(peer, index)
+        self._by_peer.pop(peer, None)
+        self._penalized_until.pop(peer, None)
+        self._avoid_until = {key: t for key, t in self._avoid_until.items() if key[0] != peer}
+        for index in list(self._stale):
+            self._discard_stale(peer, index)
+        return released
+
+    def set_window(self, start: int, end: int) -> None:
+        """The chunks ``[start, end)`` a local reader waits on: asked for first, in order."""
+        start, end = max(0, start), min(self.chunk_count, end)
+        self._window = range(start, max(start, end))
+
+    # --- outcomes of requests -----------------------------------------------------------------
+
+    def on_piece(self, peer: str, index: int, *, now: float) -> list[Assignment]:
+        """A verified piece arrived from ``peer``; returns the other requests for it, to cancel.
+
+        Works whether the caller calls ``have(index)`` before or after this.
+        """
+        others = self._stale.pop(index, set())
+        for holder in list(self._by_chunk.get(index, ())):
+            self._release(holder, index)
+            others.add(holder)
+        others.discard(peer)
+        return [Assignment(other, index) for other in sorted(others)]
+
+    def on_failed(self, peer: str, index: int, *, now: float) -> None:
+        """``peer`` rejected chunk ``index`` or sent a bad one: release it, ask others for it."""
+        if index in self._by_peer.get(peer, ()):
+            self._release(peer, index)
+        self._discard_stale(peer, index)
+        self._avoid_until[(peer, index)] = now + self.stall_penalty
+
+    def expire(self, *, now: float) -> list[Assignment]:
+        """Release requests at or past their deadline and penalize their peers; returns them."""
+        expired = [
+            Assignment(peer, index)
+            for index, peers in sorted(self._by_chunk.items())
+            for peer, sent in sorted(peers.items())
+            if now - sent >= self.request_timeout
+        ]
+        for request in expired:
+            self._release(request.peer, request.index)
+            self._penalized_until[request.peer] = now + self.stall_penalty
+        self._stale.clear()  # requests for chunks we hold: the peer got its chance to answer
+        return expired
+
+    # --- the decision -------------------------------------------------------------------------
+
+    def next_requests(self, *, now: float) -> list[Assignment]:
+        """New requests to send now; they are registered as in flight (sent at ``now``)."""
+        self._avoid_until = {key: t for key, t in self._avoid_until.items() if t > now}
+        free = {
+            peer: self.max_in_flight_per_peer - len(self._by_peer[peer])
+            for peer in sorted(self._peers)
+            if self._penalized_until.get(peer, -math.inf) <= now
+        }
+        free = {peer: slots for peer, slots in free.items() if slots > 0}
+        out: list[Assignment] = []
+        for index in self._wanted():
+            if not free:
+                return out
+            self._assign(index, free, now, out)
+        if free and self._in_endgame():
+            for index in self._endgame_order():
+                while free and len(self._by_chunk[index]) < self.endgame_duplicates:
+                    if not self._assign(index, free, now, out):
+                        break
+        return out
+
+    @property
+    def complete(self) -> bool:
+        return self._have.complete
+
+    def missing_unavailable(self) -> list[int]:
+        """Missing chunks that no known peer has and nobody is fetching (the seed's origin work)."""
+        return [
+            index
+            for index in self._have.missing()
+            if self._availability[index] == 0 and index not in self._by_chunk
+        ]
+
+    def in_flight(self) -> list[Assignment]:
+        """Every request in flight, sorted by (peer, index)."""
+        return sorted(
+            Assignment(peer, index) for peer, chunks in self._by_peer.items() for index in chunks
+        )
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _release(self, peer: str, index: int) -> None:
+        del self._by_peer[peer][index]
+        holders = self._by_chunk[index]
+        del holders[peer]
+        if not holders:
+            del self._by_chunk[index]
+
+    def _discard_stale(self, peer: str, index: int) -> None:
+        peers = self._stale.get(index)
+        if peers is not None:
+            peers.discard(peer)
+            if not peers:
+                del self._stale[index]
+
+    def _needed(self, index: int) -> bool:
+        return not self._have.has(index) and index not in self._by_chunk
+
+    def _wanted(self) -> Iterator[int]:
+        """Missing chunks nobody is fetching, some peer has, in the order they should be asked."""
+        window = self._window
+        yield from (i for i in window if self._needed(i) and self._availability[i])
+        rest = [
+            i
+            for i in self._have.missing()
+            if i not in window and i not in self._by_chunk and self._availability[i]
+        ]
+        rest.sort(key=lambda i: (self._availability[i], i))
+        yield from rest
+
+    def _in_endgame(self) -> bool:
+        missing = self.chunk_count - self._have.count
+        return missing > 0 and len(self._by_chunk) == missing
+
+    def _endgame_order(self) -> list[int]:
+        window = self._window
+
+        def key(index: int) -> tuple[bool, float, int]:
+            if index in window:
+                return (False, 0.0, index)
+            return (True, min(self._by_chunk[index].values()), index)
+
+        return sorted(self._by_chunk, key=key)
+
+    def _assign(self, index: int, free: dict[str, int], now: float, out: list[Assignment]) -> bool:
+        """Ask the least-loaded free peer that has ``index`` (and may be asked) for it."""
+        asked = self._by_chunk.get(index, {})
+        candidates = [
+            (len(self._by_peer[peer]), peer)
+            for peer in free
+            if peer not in asked
+            and self._peers[peer].has(index)
+            and (peer, index) not in self._avoid_until
+        ]
+        if not candidates:
+            return False
+        _, peer = min(candidates)
+        self._by_chunk.setdefault(index, {})[peer] = now
+        self._by_peer[peer][index] = now
+        out.append(Assignment(peer, index))
+        free[peer] -= 1
+        if not free[peer]:
+            del free[peer]
+        return True

@@ -1,0 +1,243 @@
+"""Authenticated peer connections: handshake, an ordered writer, a reader that dispatches.
+
+Every link runs in the pool's nursery: its reader hands each message to the node's callback, its
+writer drains one ordered queue of frames (so a Have never overtakes the BlobInfo sent before
+it). Uploads of pieces wait for one of a few per-link piece slots, which bounds the memory a slow
+peer can make us hold. A peer's errors end that link only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from p2pull.errors import P2pullError
+from p2pull.membership import Member
+from p2pull.peer.messages import Message, Piece
+from p2pull.peer.wire import (
+    NEED_DATA,
+    Authenticated,
+    Closed,
+    PeerConnection,
+    RemoteProtocolError,
+)
+
+log = logging.getLogger(__name__)
+
+RECEIVE_SIZE = 1024 * 1024
+PIECE_SLOTS_PER_LINK = 2
+
+
+class PeerLink:
+    """One authenticated connection. ``send`` never blocks; ``send_piece`` waits for a slot."""
+
+    def __init__(self, stream: trio.SocketStream, conn: PeerConnection, peer_id: str) -> None:
+        self.stream = stream
+        self.conn = conn
+        self.peer_id = peer_id
+        self.closed = False
+        self._queue_send, self._queue_receive = trio.open_memory_channel[
+            tuple[bytes, trio.Semaphore | None]
+        ](math.inf)
+        self._piece_slots = trio.Semaphore(PIECE_SLOTS_PER_LINK)
+
+    def send(self, message: Message) -> None:
+        if self.closed:
+            return
+        try:
+            self._queue_send.send_nowait((self.conn.send(message), None))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.closed = True
+
+    async def send_piece(self, piece: Piece) -> None:
+        await self._piece_slots.acquire()
+        if self.closed:
+            self._piece_slots.release()
+            return
+        try:
+            self._queue_send.send_nowait((self.conn.send(piece), self._piece_slots))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._piece_slots.release()
+            self.closed = True
+
+    async def run_writer(self) -> None:
+        async with self._queue_receive:
+            async for frame, slot in self._queue_receive:
+                try:
+                    await self.stream.send_all(frame)
+                finally:
+                    if slot is not None:
+                        slot.release()
+
+    def close(self) -> None:
+        self.closed = True
+        self._queue_send.close()
+
+
+OnMessage = Callable[[PeerLink, Message], Awaitable[None]]
+OnClosed = Callable[[PeerLink], None]
+
+
+class PeerPool:
+    """Dials and accepts peer connections; keeps the newest live link per peer id."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        listen_port: int,
+        secret: bytes,
+        on_message: OnMessage,
+        on_closed: OnClosed,
+        connect_timeout: float = 5.0,
+        handshake_timeout: float = 10.0,
+        max_frame: int,
+    ) -> None:
+        self.node_id = node_id
+        self.listen_port = listen_port
+        self._secret = secret
+        self._on_message = on_message
+        self._on_closed = on_closed
+        self._connect_timeout = connect_timeout
+        self._handshake_timeout = handshake_timeout
+        self._max_frame = max_frame
+        self.links: dict[str, PeerLink] = {}
+        self._dialing: dict[str, trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def link(self, peer_id: str) -> PeerLink | None:
+        link = self.links.get(peer_id)
+        return link if link is not None and not link.closed else None
+
+    async def connect(self, member: Member) -> PeerLink:
+        """The live link to ``member``, dialing it if needed (concurrent callers share a dial)."""
+        while True:
+            existing = self.link(member.node_id)
+            if existing is not None:
+                return existing
+            pending = self._dialing.get(member.node_id)
+            if pending is None:
+                break
+            await pending.wait()
+        done = self._dialing[member.node_id] = trio.Event()
+        try:
+            with trio.fail_after(self._connect_timeout):
+                stream = await trio.open_tcp_stream(member.host, member.port)
+            return await self._establish(stream, expect=member.node_id)
+        except (OSError, trio.TooSlowError) as exc:
+            raise PeerUnreachable(f"cannot reach peer {member.node_id}: {exc}") from exc
+        finally:
+            del self._dialing[member.node_id]
+            done.set()
+
+    async def accept(self, stream: trio.SocketStream) -> None:
+        """Handler for the peer listener: handshake, then run the link here until it closes
+        (trio closes the stream when this handler returns)."""
+        try:
+            link = await self._establish(stream, expect=None, run_here=True)
+        except (P2pullError, OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            log.info("refused an inbound peer connection: %s", exc)
+            await trio.aclose_forcefully(stream)
+            return
+        await self._run_link(link)
+
+    async def _establish(
+        self, stream: trio.SocketStream, *, expect: str | None, run_here: bool = False
+    ) -> PeerLink:
+        conn = PeerConnection(
+            node_id=self.node_id,
+            listen_port=self.listen_port,
+            secret=self._secret,
+            nonce=secrets.token_bytes(16),
+            max_frame=self._max_frame,
+        )
+        try:
+            with trio.fail_after(self._handshake_timeout):
+                await stream.send_all(conn.start())
+                authenticated = await _handshake(stream, conn)
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        if expect is not None and authenticated.node_id != expect:
+            await trio.aclose_forcefully(stream)
+            raise RemoteProtocolError(
+                f"dialed {expect} but the peer says it is {authenticated.node_id}"
+            )
+        link = PeerLink(stream, conn, authenticated.node_id)
+        assert self._nursery is not None, "PeerPool.run is not running"
+        old = self.links.get(link.peer_id)
+        self.links[link.peer_id] = link
+        if old is not None and old is not link:
+            old.close()
+        if not run_here:
+            self._nursery.start_soon(self._run_link, link)
+        return link
+
+    async def _run_link(self, link: PeerLink) -> None:
+        """Reader and writer of one link; any error in either ends this link (only)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._guarded, link, link.run_writer, nursery.cancel_scope)
+                await self._guarded(link, lambda: self._read(link), nursery.cancel_scope)
+        finally:
+            link.close()
+            if self.links.get(link.peer_id) is link:
+                del self.links[link.peer_id]
+            await trio.aclose_forcefully(link.stream)
+            self._on_closed(link)
+
+    async def _guarded(
+        self, link: PeerLink, work: Callable[[], Awaitable[None]], scope: trio.CancelScope
+    ) -> None:
+        try:
+            await work()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.info("link to %s closed: %s", link.peer_id, exc)
+        except P2pullError as exc:
+            log.warning("dropping peer %s: %s", link.peer_id, exc)
+        finally:
+            scope.cancel()
+
+    async def _read(self, link: PeerLink) -> None:
+        conn = link.conn
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                data = await link.stream.receive_some(RECEIVE_SIZE)
+                conn.receive_data(data)
+                continue
+            if isinstance(event, Closed):
+                return
+            if isinstance(event, Authenticated):
+                continue
+            await self._on_message(link, event)
+
+
+async def _handshake(stream: trio.SocketStream, conn: PeerConnection) -> Authenticated:
+    while True:
+        event = conn.next_event()
+        outgoing = conn.data_to_send()
+        if outgoing:
+            await stream.send_all(outgoing)
+        if isinstance(event, Authenticated):
+            return event
+        if isinstance(event, Closed):
+            raise RemoteProtocolError("peer closed during the handshake")
+        if event is NEED_DATA:
+            conn.receive_data(await stream.receive_some(64 * 1024))
+            continue
+        raise RemoteProtocolError(f"unexpected {type(event).__name__} during the handshake")
+
+
+class PeerUnreachable(P2pullError):
+    """Dialing a peer failed (refused, timed out, or the handshake failed)."""

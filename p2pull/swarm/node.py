@@ -1,0 +1,195 @@
+"""This node in the swarm: the peer listener, message dispatch, uploads, and one BlobSwarm task
+per blob being downloaded (the ``SwarmStrategy`` that ``BlobService`` hands transfers to)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from p2pull.blobs import BlobService
+from p2pull.errors import InvalidReference, P2pullError, StoreError
+from p2pull.membership import Member, Membership
+from p2pull.metrics import Metrics
+from p2pull.mirror import NS_RE
+from p2pull.origin_fetch import OriginFetcher
+from p2pull.peer.messages import (
+    Auth,
+    Bye,
+    Cancel,
+    Hello,
+    Interested,
+    Message,
+    Piece,
+    Reject,
+    Request,
+    Unavailable,
+)
+from p2pull.reference import Digest, validate_name
+from p2pull.store.types import BlobStore
+from p2pull.swarm.blobswarm import BlobSwarm, blob_info
+from p2pull.swarm.links import PeerLink, PeerPool
+from p2pull.transfer import Transfer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmConfig:
+    member: Member  # this node as the others know it (advertised address)
+    secret: bytes
+    bind_host: str = "0.0.0.0"
+    request_timeout: float = 10.0
+    max_in_flight_per_peer: int = 4
+    upload_slots: int = 16
+    max_requests_per_link: int = 64
+    window: int = 4
+    peers_handout: int = 32
+    info_timeout: float = 15.0
+    connect_timeout: float = 5.0
+    max_chunk_size: int = 64 * 1024 * 1024
+
+
+class SwarmNode:
+    """Start with ``await nursery.start(node.run)``; set ``blobs.swarm = node``."""
+
+    def __init__(
+        self,
+        *,
+        config: SwarmConfig,
+        membership: Membership,
+        store: BlobStore,
+        blobs: BlobService,
+        metrics: Metrics,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self.config = config
+        self.node_id = config.member.node_id
+        self.membership = membership
+        self.store = store
+        self.blobs = blobs
+        self.metrics = metrics
+        self.clock = clock
+        self.pool = PeerPool(
+            node_id=self.node_id,
+            listen_port=config.member.port,
+            secret=config.secret,
+            on_message=self._on_message,
+            on_closed=self._on_closed,
+            connect_timeout=config.connect_timeout,
+            max_frame=config.max_chunk_size + 65536,
+        )
+        self.swarms: dict[Digest, BlobSwarm] = {}
+        self._uploads = trio.Semaphore(config.upload_slots)
+        self._requests: dict[str, int] = {}
+        self._nursery: trio.Nursery | None = None
+        metrics.peer_links.set_function(lambda: len(self.pool.links))
+        metrics.swarms.set_function(lambda: len(self.swarms))
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(
+            self.config.member.port, host=self.config.bind_host
+        )
+        port = int(listeners[0].socket.getsockname()[1])
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.pool.run)
+            nursery.start_soon(trio.serve_listeners, self.pool.accept, listeners)
+            task_status.started(port)
+
+    # -- SwarmStrategy ---------------------------------------------------------------------------
+
+    async def download(self, transfer: Transfer, *, origin: OriginFetcher) -> None:
+        swarm = self._swarm(transfer)
+        try:
+            await swarm.run(origin)
+        finally:
+            if self.swarms.get(transfer.digest) is swarm:
+                del self.swarms[transfer.digest]
+
+    def _swarm(self, transfer: Transfer) -> BlobSwarm:
+        swarm = self.swarms.get(transfer.digest)
+        if swarm is None or swarm.transfer is not transfer:
+            swarm = self.swarms[transfer.digest] = BlobSwarm(self, transfer)
+        return swarm
+
+    # -- links -----------------------------------------------------------------------------------
+
+    def _on_closed(self, link: PeerLink) -> None:
+        self._requests.pop(link.peer_id, None)
+        if self.pool.link(link.peer_id) is not None:
+            return  # a newer link to the same peer is up
+        self.membership.suspect(link.peer_id, now=self.clock())
+        for swarm in list(self.swarms.values()):
+            try:
+                swarm.inbox.send_nowait(("gone", link.peer_id, None))
+            except trio.WouldBlock:
+                log.warning("swarm inbox full; %s loses a peer-gone event", swarm.digest[:19])
+
+    async def _on_message(self, link: PeerLink, message: Message) -> None:
+        self.membership.alive(link.peer_id)
+        if isinstance(message, Bye):
+            link.close()
+            return
+        if isinstance(message, Request):
+            self._on_request(link, message)
+            return
+        if isinstance(message, Cancel | Hello | Auth):
+            return  # a Cancel'd piece may already be queued; sending it anyway is harmless
+        digest = Digest.parse(message.digest)  # decode() already checked the grammar
+        swarm = self.swarms.get(digest)
+        if swarm is not None:
+            await swarm.inbox.send(("msg", link.peer_id, message))
+        elif isinstance(message, Interested):
+            await self._on_interested(link, digest, message)
+
+    async def _on_interested(self, link: PeerLink, digest: Digest, message: Interested) -> None:
+        blob = self.store.lookup(digest)
+        if blob is not None and blob.bitfield.complete:
+            link.send(blob_info(message.digest, blob))
+            return
+        try:
+            name = validate_name(message.name)
+            if message.ns is not None and NS_RE.fullmatch(message.ns) is None:
+                raise InvalidReference(f"bad ns {message.ns[:80]!r}")
+        except InvalidReference as exc:
+            link.send(Unavailable(message.digest, f"refused: {exc}"))
+            return
+        transfer = self.blobs.ensure(message.ns, name, digest)
+        if transfer is None:
+            await self._on_interested(link, digest, message)  # it completed meanwhile
+            return
+        await self._swarm(transfer).inbox.send(("msg", link.peer_id, message))
+
+    def _on_request(self, link: PeerLink, request: Request) -> None:
+        outstanding = self._requests.get(link.peer_id, 0)
+        if outstanding >= self.config.max_requests_per_link or self._nursery is None:
+            link.send(Reject(request.digest, request.index, "busy"))
+            return
+        self._requests[link.peer_id] = outstanding + 1
+        self._nursery.start_soon(self._upload, link, request)
+
+    async def _upload(self, link: PeerLink, request: Request) -> None:
+        try:
+            async with self._uploads:
+                blob = self.store.lookup(Digest.parse(request.digest))
+                if (
+                    blob is None
+                    or not 0 <= request.index < blob.bitfield.length
+                    or not blob.bitfield.has(request.index)
+                ):
+                    link.send(Reject(request.digest, request.index, "not held"))
+                    return
+                offset, length = blob.chunk_span(request.index)
+                try:
+                    data = await blob.read(offset, length)
+                except (StoreError, P2pullError) as exc:
+                    link.send(Reject(request.digest, request.index, f"store: {exc}"[:1000]))
+                    return
+                await link.send_piece(Piece(request.digest, request.index, data))
+                self.metrics.peer_upload_bytes.inc(length)
+        finally:
+            if link.peer_id in self._requests:
+                self._requests[link.peer_id] -= 1

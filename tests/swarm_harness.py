@@ -1,0 +1,91 @@
+"""N agents on 127.0.0.1 with static peers and a TestOrigin, for swarm tests."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import trio
+
+from agent.config import AgentConfig, HostPort
+from agent.service import Agent, AgentPorts
+from p2pull.reference import Digest
+from p2pull.testing.origin import TestOrigin
+
+SECRET = b"test-cluster-secret-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Node:
+    agent: Agent
+    ports: AgentPorts
+    scope: trio.CancelScope
+
+    @property
+    def mirror_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.mirror}"
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.agent.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    def stop(self) -> None:
+        self.scope.cancel()
+
+
+@asynccontextmanager
+async def swarm(
+    tmp_path: Path, origin: TestOrigin, count: int, *, chunk_size: int = 1 << 20
+) -> AsyncIterator[list[Node]]:
+    ports = [free_port() for _ in range(count)]
+    peers = tuple(HostPort("127.0.0.1", port) for port in ports)
+    nodes: list[Node] = []
+    async with trio.open_nursery() as nursery:
+        for index, port in enumerate(ports):
+            config = AgentConfig(
+                mirror_addr=HostPort("127.0.0.1", 0),
+                metrics_addr=HostPort("127.0.0.1", 0),
+                peer_addr=HostPort("127.0.0.1", port),
+                data_dir=tmp_path / f"node{index}",
+                upstreams={origin.netloc: origin.url},
+                peers=peers,
+                discovery="static",
+                cluster_secret=SECRET,
+                chunk_size=chunk_size,
+                log_level="WARNING",
+            )
+            agent = Agent(config)
+            scope = trio.CancelScope()
+
+            async def run(
+                agent: Agent = agent,
+                scope: trio.CancelScope = scope,
+                *,
+                task_status: trio.TaskStatus[AgentPorts] = trio.TASK_STATUS_IGNORED,
+            ) -> None:
+                with scope:
+                    await agent.run(task_status=task_status)
+
+            agent_ports = await nursery.start(run)
+            nodes.append(Node(agent, agent_ports, scope))
+        yield nodes
+        nursery.cancel_scope.cancel()
+
+
+async def get_blob(
+    client: httpx.AsyncClient, node: Node, ns: str, name: str, digest: Digest
+) -> bytes:
+    response = await client.get(f"{node.mirror_url}/v2/{name}/blobs/{digest}?ns={ns}")
+    response.raise_for_status()
+    assert hashlib.sha256(response.content).hexdigest() == digest.hex
+    return response.content
