@@ -4,16 +4,17 @@ Starts the project's test origin with a multi-layer image, N agents (each its ow
 ports on 127.0.0.1), and a simultaneous pull of the image by clients on every node, each pulling
 through its own node's agent the way containerd does. Prints live progress and a final table.
 
-Until peer exchange lands (issue #3), agents coalesce the pulls of their own node (one origin
-download per blob per node) but do not yet share chunks with each other, so origin egress is
-about one image per node; the table says so.
+The agents find each other through a static peer list (loopback has no multicast to speak of)
+and share one generated cluster secret; the origin sends each blob about once, to its seed.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import secrets
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -42,6 +43,12 @@ class Node:
     def sample(self, metric: str, **labels: str) -> float:
         value = self.agent.metrics.registry.get_sample_value(metric, labels)
         return value or 0.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def make_layers(size: int, count: int, *, seed: int) -> list[bytes]:
@@ -77,12 +84,19 @@ async def run_demo(args: argparse.Namespace) -> int:
             await nursery.start(origin.run)
             _, _ = origin.add_image(NAME, TAG, layers)
             nodes = []
+            peer_ports = [_free_port() for _ in range(nodes_count)]
+            peers = tuple(HostPort("127.0.0.1", port) for port in peer_ports)
+            secret = secrets.token_bytes(32)
             for index in range(nodes_count):
                 config = AgentConfig(
                     mirror_addr=HostPort("127.0.0.1", 0),
                     metrics_addr=HostPort("127.0.0.1", 0),
+                    peer_addr=HostPort("127.0.0.1", peer_ports[index]),
                     data_dir=workdir / f"node{index}",
                     upstreams={origin.netloc: origin.url},
+                    peers=peers,
+                    discovery="static",
+                    cluster_secret=secret,
                     log_level="WARNING",
                 )
                 node = Node(index, Agent(config))
@@ -163,9 +177,4 @@ def _report(
     )
     print(f"wall time            {elapsed:.2f} s")
     print("every pulled byte was verified against its digest")
-    if len(nodes) > 1:
-        print(
-            "note: agents do not exchange chunks yet (issue #3); each node fetches the image "
-            "once from the origin, however many clients pull on it"
-        )
     sys.stdout.flush()

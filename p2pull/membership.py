@@ -98,7 +98,7 @@ class Membership:
     ``version`` bumps each time the live set changes; ``on_change`` (if set) is called right after.
     Suspicion expires with time, which this class cannot observe by itself: every call that takes
     ``now`` applies expiries first, and a shell that wants to notice expiries promptly calls
-    ``expire(now=...)`` at ``next_expiry()``.
+    ``expire(now=...)`` at ``next_expiry()``. Not thread-safe: use it from the trio thread only.
     """
 
     __slots__ = (

@@ -3,8 +3,9 @@
 Each agent registers one service instance ``p2pull-<host>-<port>`` of ``_p2pull._tcp.local.``
 (TXT ``node_id=<host:port>``, ``port``, ``version=1``) and browses the type. A service that appears
 is resolved (SRV + A + TXT) into a Member; one that says goodbye leaves the view. A node that dies
-without a goodbye stays until its records expire (2 minutes), so the peer layer's
-``Membership.suspect`` is what removes dead peers quickly.
+without a goodbye stays until its records expire (``ttl``, 2 minutes by default rather than the
+RFC 6762 75 minutes for PTR records), so the peer layer's ``Membership.suspect`` is what removes
+dead peers quickly.
 
 zeroconf's sync ``Zeroconf`` runs its own asyncio loop in a thread: its blocking calls run through
 ``trio.to_thread``, and browser callbacks (on the browser's own thread) reach trio through
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 SOURCE = "mdns"
 SERVICE_TYPE = "_p2pull._tcp.local."
 TXT_VERSION = "1"
+TTL = 120  # seconds, for every record (zeroconf's default for PTR/TXT is 75 minutes)
 
 Event = tuple[str, ServiceStateChange]  # (service instance name, what happened)
 
@@ -41,8 +43,10 @@ def instance_name(host: str, port: int, service_type: str = SERVICE_TYPE) -> str
     return f"p2pull-{host.replace('.', '-')}-{port}.{service_type}"
 
 
-def service_info(member: Member, service_type: str = SERVICE_TYPE) -> ServiceInfo:
-    """What this node announces."""
+def service_info(
+    member: Member, service_type: str = SERVICE_TYPE, *, ttl: int = TTL
+) -> ServiceInfo:
+    """What this node announces, every record with the same ``ttl``."""
     label = instance_name(member.host, member.port, service_type).removesuffix(f".{service_type}")
     return ServiceInfo(
         service_type,
@@ -51,6 +55,8 @@ def service_info(member: Member, service_type: str = SERVICE_TYPE) -> ServiceInf
         properties={"node_id": member.node_id, "port": str(member.port), "version": TXT_VERSION},
         server=f"{label}.local.",
         addresses=[socket.inet_aton(member.host)],
+        host_ttl=ttl,
+        other_ttl=ttl,
     )
 
 
@@ -89,6 +95,7 @@ class MdnsDiscovery:
         port: int,
         interfaces: list[str] | None = None,
         service_type: str = SERVICE_TYPE,
+        ttl: int = TTL,
         resolve_timeout: float = 3.0,
         cleanup_timeout: float = 3.0,
         clock: Callable[[], float] = trio.current_time,
@@ -101,6 +108,7 @@ class MdnsDiscovery:
         self.membership = membership
         self.interfaces = list(interfaces) if interfaces else [self.member.host]
         self.service_type = service_type
+        self.ttl = ttl
         self.resolve_timeout = resolve_timeout
         self.cleanup_timeout = cleanup_timeout
         self.clock = clock
@@ -125,7 +133,7 @@ class MdnsDiscovery:
                 trio.from_thread.run_sync(send.send_nowait, (name, state_change), trio_token=token)
 
         zc = await trio.to_thread.run_sync(self._open)
-        info = service_info(self.member, self.service_type)
+        info = service_info(self.member, self.service_type, ttl=self.ttl)
         browser: ServiceBrowser | None = None
         try:
             await trio.to_thread.run_sync(zc.register_service, info)

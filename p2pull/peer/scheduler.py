@@ -55,6 +55,7 @@ class Scheduler:
         self.endgame_duplicates = endgame_duplicates
         self.stall_penalty = stall_penalty
         self._have = Bitfield(chunk_count)  # ValueError if chunk_count < 0
+        self._missing = set(range(chunk_count))  # the same, for fast iteration
         self._peers: dict[str, Bitfield] = {}
         self._availability = [0] * chunk_count  # how many known peers hold each chunk
         self._by_chunk: dict[int, dict[str, float]] = {}  # in flight: index -> {peer: sent at}
@@ -70,6 +71,7 @@ class Scheduler:
     def have(self, index: int) -> None:
         """We hold chunk ``index`` now (verified). Its in-flight requests stop counting."""
         self._have.set(index)  # IndexError when out of range
+        self._missing.discard(index)
         for peer in list(self._by_chunk.get(index, ())):
             self._release(peer, index)
             self._stale.setdefault(index, set()).add(peer)
@@ -181,11 +183,11 @@ class Scheduler:
 
     def missing_unavailable(self) -> list[int]:
         """Missing chunks that no known peer has and nobody is fetching (the seed's origin work)."""
-        return [
+        return sorted(
             index
-            for index in self._have.missing()
+            for index in self._missing
             if self._availability[index] == 0 and index not in self._by_chunk
-        ]
+        )
 
     def in_flight(self) -> list[Assignment]:
         """Every request in flight, sorted by (peer, index)."""
@@ -214,15 +216,12 @@ class Scheduler:
 
     def _wanted(self) -> Iterator[int]:
         """Missing chunks nobody is fetching, some peer has, in the order they should be asked."""
-        window = self._window
-        yield from (i for i in window if self._needed(i) and self._availability[i])
-        rest = [
-            i
-            for i in self._have.missing()
-            if i not in window and i not in self._by_chunk and self._availability[i]
-        ]
-        rest.sort(key=lambda i: (self._availability[i], i))
-        yield from rest
+        window, availability, in_flight = self._window, self._availability, self._by_chunk
+        yield from (i for i in window if self._needed(i) and availability[i])
+        rest = [i for i in self._missing if availability[i] and i not in in_flight]
+        rest.sort()
+        rest.sort(key=availability.__getitem__)  # stable: rarest first, then lowest index
+        yield from (i for i in rest if i not in window)
 
     def _in_endgame(self) -> bool:
         missing = self.chunk_count - self._have.count

@@ -70,6 +70,8 @@ class BlobSwarm:
         self._origin_running = False
         self._origin_error: P2pullError | None = None
         self._seed_asked_at = 0.0
+        self._progress_at = 0.0  # when a chunk last landed (or we last asked the seed)
+        self._announced: Bitfield | None = None
         self._nursery: trio.Nursery | None = None
 
     # -- the task --------------------------------------------------------------------------------
@@ -81,7 +83,7 @@ class BlobSwarm:
             self._nursery = nursery
             nursery.start_soon(self._forward_landed, landed)
             await self._find_seed()
-            while not self._complete():
+            while not self._finished():
                 if self._origin_error is not None:
                     self._broadcast(Unavailable(self.digest, str(self._origin_error)[:1000]))
                     raise self._origin_error
@@ -89,7 +91,6 @@ class BlobSwarm:
                     kind, peer, item = await self._inbox.receive()
                     await self._handle(kind, peer, item)
                 await self._pump()
-            self._drain_landed()
             nursery.cancel_scope.cancel()
 
     async def _forward_landed(self, landed: trio.MemoryReceiveChannel[int]) -> None:
@@ -97,20 +98,14 @@ class BlobSwarm:
             async for index in landed:
                 await self.inbox.send(("landed", "", index))
 
-    def _drain_landed(self) -> None:
-        """Announce the chunks that landed last, before the task ends."""
-        while True:
-            try:
-                kind, _, item = self._inbox.receive_nowait()
-            except trio.WouldBlock:
-                return
-            if kind == "landed":
-                assert isinstance(item, int)
-                self._announce(item)
-
     def _complete(self) -> bool:
         blob = self.transfer.blob
         return blob is not None and blob.bitfield.complete
+
+    def _finished(self) -> bool:
+        """Complete, and every chunk announced to the swarm (the last Haves matter most: a
+        peer that misses one waits for a hash it can never verify with)."""
+        return self._complete() and self._announced is not None and self._announced.complete
 
     # -- the seed --------------------------------------------------------------------------------
 
@@ -128,7 +123,7 @@ class BlobSwarm:
                 membership.suspect(seed.node_id, now=self.node.clock())
                 continue
             self.role, self.seed_id = Role.LEECH, seed.node_id
-            self._seed_asked_at = self.node.clock()
+            self._seed_asked_at = self._progress_at = self.node.clock()
             link.send(Interested(self.digest, self.transfer.name, self.transfer.ns))
             self.asked.add(seed.node_id)
             return
@@ -167,6 +162,7 @@ class BlobSwarm:
     async def _handle(self, kind: str, peer: str, item: object) -> None:
         if kind == "landed":
             assert isinstance(item, int)
+            self._progress_at = self.node.clock()
             self._announce(item)
         elif kind == "gone":
             await self._peer_gone(peer)
@@ -331,8 +327,10 @@ class BlobSwarm:
             max_in_flight_per_peer=config.max_in_flight_per_peer,
             request_timeout=config.request_timeout,
         )
+        self._announced = Bitfield(count)
         for index in blob.bitfield.present():
             self.scheduler.have(index)
+            self._announced.set(index)  # held before this swarm began: BlobInfo tells them
         for peer in list(self._waiting_info):
             self._on_interested(peer)
         self._waiting_info.clear()
@@ -352,6 +350,8 @@ class BlobSwarm:
         blob = self.transfer.blob
         if blob is None:
             return
+        if self._announced is not None:
+            self._announced.set(index)
         if self.scheduler is not None:
             self.scheduler.have(index)
         digest = blob.chunk_hash(index)
@@ -390,6 +390,12 @@ class BlobSwarm:
                     self.node.membership.suspect(self.seed_id, now=now)
                 await self._find_seed()
             return
+        if blob.bitfield.complete and self._announced is not None:
+            # Every chunk is here: announce any whose landing event is still on its way, so the
+            # task can end now instead of on the next event.
+            for index in list(self._announced.missing()):
+                self._announce(index)
+            return
         wanted = self.transfer.wanted_index
         if wanted is not None:
             scheduler.set_window(
@@ -403,6 +409,25 @@ class BlobSwarm:
                 scheduler.remove_peer(assignment.peer)
                 continue
             link.send(Request(self.digest, assignment.index))
+        if (
+            self.role is Role.LEECH
+            and self.seed_id is not None
+            and now - self._progress_at > self.node.config.info_timeout
+        ):
+            # Stalled: ask the seed again; it answers with everything it has and knows (a
+            # Have lost in a race is recovered this way).
+            log.info("no progress on %s: asking seed %s again", self.digest[:19], self.seed_id)
+            missing = list(blob.bitfield.missing())[:8]
+            log.debug(
+                "stall detail for %s: missing %s, hash known %s, holders %s, in flight %s",
+                self.digest[:19], missing, [self.hashes[i] is not None for i in missing],
+                {p: [i for i in missing if b.has(i)] for p, b in self.peer_bits.items()},
+                scheduler.in_flight()[:8],
+            )
+            if self._announced is not None:
+                log.debug("unannounced: %s", list(self._announced.missing())[:8])
+            self._progress_at = now
+            self._send(self.seed_id, Interested(self.digest, self.transfer.name, self.transfer.ns))
         if (
             self.role is Role.SEED
             and not self._origin_running

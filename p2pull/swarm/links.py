@@ -83,7 +83,7 @@ OnClosed = Callable[[PeerLink], None]
 
 
 class PeerPool:
-    """Dials and accepts peer connections; keeps the newest live link per peer id."""
+    """Dials and accepts peer connections; sends on the newest live link per peer id."""
 
     def __init__(
         self,
@@ -106,6 +106,7 @@ class PeerPool:
         self._handshake_timeout = handshake_timeout
         self._max_frame = max_frame
         self.links: dict[str, PeerLink] = {}
+        self._all_links: dict[str, set[PeerLink]] = {}
         self._dialing: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -175,10 +176,10 @@ class PeerPool:
             )
         link = PeerLink(stream, conn, authenticated.node_id)
         assert self._nursery is not None, "PeerPool.run is not running"
-        old = self.links.get(link.peer_id)
+        # When two nodes dial each other at once there are two links; both stay open (closing
+        # one would drop the messages already queued or in flight on it) and the newest sends.
         self.links[link.peer_id] = link
-        if old is not None and old is not link:
-            old.close()
+        self._all_links.setdefault(link.peer_id, set()).add(link)
         if not run_here:
             self._nursery.start_soon(self._run_link, link)
         return link
@@ -193,6 +194,10 @@ class PeerPool:
             link.close()
             if self.links.get(link.peer_id) is link:
                 del self.links[link.peer_id]
+                for other in self._all_links.get(link.peer_id, ()):  # an older twin still up
+                    if other is not link and not other.closed:
+                        self.links[link.peer_id] = other
+            self._all_links.get(link.peer_id, set()).discard(link)
             await trio.aclose_forcefully(link.stream)
             self._on_closed(link)
 

@@ -1,0 +1,444 @@
+"""Chunk scheduler: which chunk to ask of which peer (pure policy, driven with explicit ``now``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from p2pull.bitfield import Bitfield
+from p2pull.peer.scheduler import Assignment, Scheduler
+
+
+def bits(pattern: str) -> Bitfield:
+    """``"1101"``: chunks 0, 1 and 3."""
+    out = Bitfield(len(pattern))
+    for index, char in enumerate(pattern):
+        if char == "1":
+            out.set(index)
+    return out
+
+
+def reqs(text: str) -> list[Assignment]:
+    """``"a:0 b:3"`` -> [Assignment("a", 0), Assignment("b", 3)]."""
+    out = []
+    for item in text.split():
+        peer, index = item.split(":")
+        out.append(Assignment(peer, int(index)))
+    return out
+
+
+# A case is a scheduler, peers, and steps; each step is (operation, *arguments, expected result).
+Step = tuple[object, ...]
+
+
+@dataclass
+class Case:
+    id: str
+    chunks: int
+    peers: dict[str, str]
+    steps: list[Step]
+    options: dict[str, float] = field(default_factory=dict)
+
+
+CASES = [
+    Case(
+        "window-first-in-order-then-lowest-index",
+        8,
+        {"a": "11111111", "b": "11111111"},
+        [("window", 5, 7), ("next", 0, "a:5 b:6 a:0 b:1")],
+        {"max_in_flight_per_peer": 2},
+    ),
+    Case(
+        "window-is-clamped-and-skips-chunks-we-have",
+        4,
+        {"a": "1111"},
+        [("have", 2), ("window", 1, 99), ("next", 0, "a:1 a:3 a:0")],
+    ),
+    Case(
+        "rarest-first",
+        4,
+        {"a": "1111", "b": "0110", "c": "0010"},
+        [("next", 0, "a:0 b:1 c:2")],
+        {"max_in_flight_per_peer": 1},
+    ),
+    Case(
+        "rarest-first-ties-broken-by-lowest-index",
+        4,
+        {"a": "1111", "b": "1111", "c": "0101"},
+        [("next", 0, "a:0 b:2 c:1")],
+        {"max_in_flight_per_peer": 1},
+    ),
+    Case(
+        "peer-has-changes-rarity",
+        3,
+        {"a": "111", "b": "011"},
+        [("peer_has", "b", 0), ("peer_has", "c", 1), ("next", 0, "a:0 b:2 c:1")],
+        {"max_in_flight_per_peer": 1},
+    ),
+    Case(
+        "per-peer-limit",
+        10,
+        {"a": "1111111111"},
+        [("next", 0, "a:0 a:1 a:2"), ("next", 1, "")],
+        {"max_in_flight_per_peer": 3},
+    ),
+    Case(
+        "spread-to-least-loaded-peer",
+        6,
+        {"c": "111111", "a": "111111", "b": "111111"},
+        [("next", 0, "a:0 b:1 c:2 a:3 b:4 c:5")],
+        {"max_in_flight_per_peer": 2},
+    ),
+    Case(
+        "least-loaded-peer-wins-over-the-rarer-holder",
+        4,
+        {"a": "1111", "b": "0011"},
+        [("next", 0, "a:0 a:1 b:2 b:3")],
+        {"max_in_flight_per_peer": 3, "endgame_duplicates": 1},
+    ),
+    Case(
+        "never-a-chunk-we-have",
+        4,
+        {"a": "1111"},
+        [("have", 0), ("have", 1), ("next", 0, "a:2 a:3"), ("unavailable", [])],
+    ),
+    Case(
+        "only-chunks-the-peer-has",
+        4,
+        {"a": "1000", "b": "0000"},
+        [("next", 0, "a:0"), ("unavailable", [1, 2, 3])],
+    ),
+    Case(
+        "no-duplicates-outside-endgame",
+        3,
+        {"a": "111", "b": "111"},
+        [
+            ("next", 0, "a:0 b:1"),
+            ("next", 1, ""),
+            ("add_peer", "c", "110"),  # c only has chunks in flight, chunk 2 is not: no endgame
+            ("next", 2, ""),
+            ("add_peer", "d", "111"),
+            ("next", 3, "d:2 c:0"),  # now every missing chunk is in flight: endgame
+        ],
+        {"max_in_flight_per_peer": 1},
+    ),
+    Case(
+        "endgame-duplicates-then-cancel",
+        2,
+        {"a": "11", "b": "11"},
+        [
+            ("next", 0, "a:0 b:1 b:0 a:1"),
+            ("next", 1, ""),
+            ("piece", "b", 0, 2, "a:0"),
+            ("have", 0),
+            ("have", 1),  # have() before on_piece(): the duplicate is still cancelled
+            ("piece", "a", 1, 2, "b:1"),
+            ("complete", True),
+        ],
+        {"max_in_flight_per_peer": 2},
+    ),
+    Case(
+        "endgame-duplicate-cap",
+        1,
+        {"a": "1", "b": "1", "c": "1"},
+        [("next", 0, "a:0 b:0 c:0"), ("piece", "c", 0, 1, "a:0 b:0")],
+        {"endgame_duplicates": 3},
+    ),
+    Case(
+        "endgame-off-with-one-request-per-chunk",
+        1,
+        {"a": "1", "b": "1"},
+        [("next", 0, "a:0")],
+        {"endgame_duplicates": 1},
+    ),
+    Case(
+        "endgame-window-then-oldest-request-first",
+        3,
+        {"a": "111"},
+        [
+            ("next", 0, "a:0"),
+            ("add_peer", "b", "111"),
+            ("next", 1, "b:1"),
+            ("window", 2, 3),
+            ("add_peer", "c", "111"),
+            ("next", 2, "c:2"),
+            ("add_peer", "d", "111"),
+            ("next", 3, "d:2"),  # the window chunk first
+            ("add_peer", "e", "111"),
+            ("next", 4, "e:0"),  # then the longest outstanding
+            ("add_peer", "f", "111"),
+            ("next", 5, "f:1"),
+        ],
+        {"max_in_flight_per_peer": 1},
+    ),
+    Case(
+        "expiry-releases-and-penalizes",
+        2,
+        {"a": "11", "b": "11", "c": "01"},
+        [
+            ("next", 0, "a:0 b:1"),
+            ("expire", 9.9, ""),
+            ("expire", 10, "a:0 b:1"),
+            ("next", 10, "c:1"),  # a and b sit out their penalty
+            ("next", 14.9, ""),
+            ("next", 15, "a:0"),
+        ],
+        {"max_in_flight_per_peer": 1, "endgame_duplicates": 1},
+    ),
+    Case(
+        "remove-peer-releases-its-requests",
+        3,
+        {"a": "111", "b": "001"},
+        [
+            ("next", 0, "a:0 a:1 b:2"),
+            ("remove", "a", [0, 1]),
+            ("unavailable", [0, 1]),
+            ("next", 1, ""),
+            ("remove", "nobody", []),
+        ],
+        {"max_in_flight_per_peer": 2},
+    ),
+    Case(
+        "failed-chunk-is-not-asked-of-that-peer-again-soon",
+        2,
+        {"a": "11", "b": "11"},
+        [
+            ("next", 0, "a:0 b:1"),
+            ("failed", "a", 0, 1),
+            ("next", 1, ""),  # b is full; a is free but just failed chunk 0
+            ("failed", "b", 1, 1),
+            ("next", 1, "b:0 a:1"),
+            ("failed", "b", 0, 2),
+            ("failed", "a", 1, 2),
+            ("next", 2, ""),
+            ("next", 5.9, ""),
+            ("next", 6, "a:0 b:1"),  # stall_penalty after their first failures
+        ],
+        {"max_in_flight_per_peer": 1},
+    ),
+    Case(
+        "missing-unavailable-ignores-in-flight-and-held",
+        5,
+        {"a": "11000"},
+        [
+            ("unavailable", [2, 3, 4]),
+            ("have", 2),
+            ("unavailable", [3, 4]),
+            ("remove", "a", []),
+            ("unavailable", [0, 1, 3, 4]),
+        ],
+    ),
+    Case("empty-blob-is-complete", 0, {}, [("complete", True), ("next", 0, "")]),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
+def test_policy(case: Case) -> None:
+    sched = Scheduler(chunk_count=case.chunks, **case.options)  # type: ignore[arg-type]
+    for peer, pattern in case.peers.items():
+        sched.add_peer(peer, bits(pattern))
+    for op, *args in case.steps:
+        if op == "next":
+            assert sched.next_requests(now=args[0]) == reqs(args[1]), args  # type: ignore[arg-type]
+        elif op == "window":
+            sched.set_window(*args)  # type: ignore[arg-type]
+        elif op == "have":
+            sched.have(args[0])  # type: ignore[arg-type]
+        elif op == "peer_has":
+            sched.peer_has(args[0], args[1])  # type: ignore[arg-type]
+        elif op == "add_peer":
+            sched.add_peer(args[0], bits(args[1]))  # type: ignore[arg-type]
+        elif op == "piece":
+            cancels = sched.on_piece(args[0], args[1], now=args[2])  # type: ignore[arg-type]
+            assert cancels == reqs(args[3]), args  # type: ignore[arg-type]
+        elif op == "failed":
+            sched.on_failed(args[0], args[1], now=args[2])  # type: ignore[arg-type]
+        elif op == "expire":
+            assert sched.expire(now=args[0]) == reqs(args[1]), args  # type: ignore[arg-type]
+        elif op == "remove":
+            assert sched.remove_peer(args[0]) == args[1], args  # type: ignore[arg-type]
+        elif op == "unavailable":
+            assert sched.missing_unavailable() == args[0]
+        elif op == "complete":
+            assert sched.complete is args[0]
+        else:
+            raise AssertionError(op)
+
+
+def test_arguments_are_checked() -> None:
+    with pytest.raises(ValueError):
+        Scheduler(chunk_count=4, max_in_flight_per_peer=0)
+    with pytest.raises(ValueError):
+        Scheduler(chunk_count=4, request_timeout=0)
+    sched = Scheduler(chunk_count=4)
+    with pytest.raises(ValueError):
+        sched.add_peer("a", Bitfield(5))
+    with pytest.raises(IndexError):
+        sched.have(4)
+
+
+def test_add_peer_copies_and_replaces_the_bitfield() -> None:
+    sched = Scheduler(chunk_count=2, max_in_flight_per_peer=1)
+    field = bits("10")
+    sched.add_peer("a", field)
+    field.set(1)  # the caller's object is not the scheduler's
+    sched.add_peer("a", bits("01"))  # replaced, not merged
+    assert sched.next_requests(now=0) == [Assignment("a", 1)]
+    assert sched.missing_unavailable() == [0]
+    assert sched.in_flight() == [Assignment("a", 1)]
+
+
+# --- invariants under arbitrary sequences -----------------------------------------------------
+
+PEERS = ["p0", "p1", "p2", "p3"]
+CHUNKS = 12
+
+
+class SchedulerMachine(RuleBasedStateMachine):
+    """Random calls; the scheduler's answers are checked against a model of what it was told."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sched = Scheduler(
+            chunk_count=CHUNKS, max_in_flight_per_peer=2, request_timeout=5, stall_penalty=3
+        )
+        self.now = 0.0
+        self.peers: dict[str, set[int]] = {}
+        self.held: set[int] = set()
+
+    @rule(peer=st.sampled_from(PEERS), chunks=st.sets(st.integers(0, CHUNKS - 1)))
+    def add_peer(self, peer: str, chunks: set[int]) -> None:
+        field = Bitfield(CHUNKS)
+        for index in chunks:
+            field.set(index)
+        self.sched.add_peer(peer, field)
+        self.peers[peer] = set(chunks)
+
+    @rule(peer=st.sampled_from(PEERS), index=st.integers(0, CHUNKS - 1))
+    def peer_has(self, peer: str, index: int) -> None:
+        self.sched.peer_has(peer, index)
+        self.peers.setdefault(peer, set()).add(index)
+
+    @rule(peer=st.sampled_from(PEERS))
+    def remove_peer(self, peer: str) -> None:
+        before = {a.index for a in self.sched.in_flight() if a.peer == peer}
+        assert set(self.sched.remove_peer(peer)) == before
+        self.peers.pop(peer, None)
+        assert all(a.peer != peer for a in self.sched.in_flight())
+
+    @rule(start=st.integers(-2, CHUNKS), length=st.integers(0, 5))
+    def set_window(self, start: int, length: int) -> None:
+        self.sched.set_window(start, start + length)
+
+    @rule(dt=st.sampled_from([0.0, 0.5, 2.0, 6.0]))
+    def next_requests(self, dt: float) -> None:
+        self.now += dt
+        before = self.sched.in_flight()
+        new = self.sched.next_requests(now=self.now)
+        after = self.sched.in_flight()
+        assert sorted(before + new) == after  # registered as in flight, nothing else changed
+        for request in new:
+            assert request.index not in self.held
+            assert request.index in self.peers[request.peer]
+        in_flight_chunks = [a.index for a in after]
+        was_in_flight = {a.index for a in before}
+        duplicated = [a for a in new if a.index in was_in_flight] + [
+            a for i, a in enumerate(new) if a.index in {b.index for b in new[:i]}
+        ]
+        if duplicated:  # endgame only: every missing chunk is in flight
+            assert set(range(CHUNKS)) - self.held <= set(in_flight_chunks)
+        for index in set(in_flight_chunks):
+            assert in_flight_chunks.count(index) <= self.sched.endgame_duplicates
+
+    @precondition(lambda self: bool(self.sched.in_flight()))
+    @rule(data=st.data(), have_first=st.booleans())
+    def deliver(self, data: st.DataObject, have_first: bool) -> None:
+        request = data.draw(st.sampled_from(self.sched.in_flight()))
+        others = {a for a in self.sched.in_flight() if a.index == request.index} - {request}
+        if have_first:
+            self.sched.have(request.index)
+        cancels = self.sched.on_piece(request.peer, request.index, now=self.now)
+        if not have_first:
+            self.sched.have(request.index)
+        assert set(cancels) == others
+        self.held.add(request.index)
+        assert all(a.index != request.index for a in self.sched.in_flight())
+
+    @precondition(lambda self: bool(self.sched.in_flight()))
+    @rule(data=st.data())
+    def fail(self, data: st.DataObject) -> None:
+        request = data.draw(st.sampled_from(self.sched.in_flight()))
+        self.sched.on_failed(request.peer, request.index, now=self.now)
+        assert request not in self.sched.in_flight()
+
+    @rule(dt=st.sampled_from([0.0, 3.0, 6.0]))
+    def expire(self, dt: float) -> None:
+        self.now += dt
+        expired = self.sched.expire(now=self.now)
+        assert not set(expired) & set(self.sched.in_flight())
+
+    @invariant()
+    def per_peer_limit_and_consistency(self) -> None:
+        in_flight = self.sched.in_flight()
+        for peer in PEERS:
+            assert sum(a.peer == peer for a in in_flight) <= self.sched.max_in_flight_per_peer
+        assert all(a.peer in self.peers and a.index not in self.held for a in in_flight)
+        assert self.sched.complete == (len(self.held) == CHUNKS)
+        for index in self.sched.missing_unavailable():
+            assert index not in self.held
+            assert all(index not in chunks for chunks in self.peers.values())
+
+
+TestSchedulerMachine = SchedulerMachine.TestCase
+TestSchedulerMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+# --- simulation: peers that answer every request eventually ------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    chunks=st.integers(1, 40),
+    holdings=st.lists(st.sets(st.integers(0, 39)), min_size=1, max_size=5),
+    latencies=st.lists(st.sampled_from([0.1, 0.5, 1.0, 3.0, 9.0]), min_size=5, max_size=5),
+    window=st.integers(0, 39),
+)
+def test_simulated_swarm_completes(
+    chunks: int, holdings: list[set[int]], latencies: list[float], window: int
+) -> None:
+    sched = Scheduler(chunk_count=chunks, request_timeout=10.0, stall_penalty=2.0)
+    peers = {f"peer{i}": {c for c in held if c < chunks} for i, held in enumerate(holdings)}
+    peers["seedlike"] = set(range(chunks))  # together the peers hold every chunk
+    latency = {peer: latencies[i % 5] for i, peer in enumerate(sorted(peers))}
+    peers["staller"] = set(range(chunks))  # never answers: only expiry gets its chunks back
+    latency["staller"] = math.inf
+    for peer, held in peers.items():
+        field = Bitfield(chunks)
+        for index in held:
+            field.set(index)
+        sched.add_peer(peer, field)
+    sched.set_window(window, window + 3)
+    now = 0.0
+    pending: dict[Assignment, float] = {}  # request -> when its piece arrives
+    for _ in range(5000):
+        if sched.complete:
+            break
+        for request in sched.next_requests(now=now):
+            assert request.index in peers[request.peer]
+            pending[request] = now + latency[request.peer]
+        now += 0.25
+        for request, due in sorted(pending.items(), key=lambda item: (item[1], item[0])):
+            if due <= now and request in pending:
+                del pending[request]
+                for cancel in sched.on_piece(request.peer, request.index, now=now):
+                    pending.pop(cancel, None)
+                sched.have(request.index)
+        for expired in sched.expire(now=now):
+            pending.pop(expired, None)
+    assert sched.complete, (now, sched.missing_unavailable(), sched.in_flight())
+    assert sched.in_flight() == []
