@@ -129,6 +129,10 @@ class BlobService:
             if not isinstance(exc, StoreError | BlobUnavailable):
                 exc = BlobUnavailable(f"{transfer.digest}: {exc}")
             transfer.fail(exc)
+        except Exception as exc:
+            # A bug in one transfer must not take the agent (and every other pull) down.
+            log.exception("transfer of %s crashed", transfer.digest)
+            transfer.fail(BlobUnavailable(f"{transfer.digest}: internal error: {exc!r}"[:500]))
         finally:
             # Failed or cancelled (the agent is stopping): record every chunk that landed, so a
             # restart resumes after them instead of refetching up to persist_every chunks.

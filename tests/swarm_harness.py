@@ -14,6 +14,7 @@ import trio
 
 from agent.config import AgentConfig, HostPort
 from agent.service import Agent, AgentPorts
+from p2pull.membership import Member
 from p2pull.reference import Digest
 from p2pull.testing.origin import TestOrigin
 
@@ -45,10 +46,17 @@ class Node:
 
 @asynccontextmanager
 async def swarm(
-    tmp_path: Path, origin: TestOrigin, count: int, *, chunk_size: int = 1 << 20
+    tmp_path: Path,
+    origin: TestOrigin,
+    count: int,
+    *,
+    chunk_size: int = 1 << 20,
+    extra_peers: list[Member] = [],  # noqa: B006 - read only
 ) -> AsyncIterator[list[Node]]:
     ports = [free_port() for _ in range(count)]
-    peers = tuple(HostPort("127.0.0.1", port) for port in ports)
+    peers = tuple(HostPort("127.0.0.1", port) for port in ports) + tuple(
+        HostPort(m.host, m.port) for m in extra_peers
+    )
     nodes: list[Node] = []
     async with trio.open_nursery() as nursery:
         for index, port in enumerate(ports):

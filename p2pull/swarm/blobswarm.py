@@ -79,6 +79,7 @@ class BlobSwarm:
     async def run(self, origin: OriginFetcher) -> None:
         self._origin = origin
         landed = self.transfer.subscribe()
+        failed: P2pullError | None = None  # raised outside the nursery: no ExceptionGroup
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._forward_landed, landed)
@@ -86,12 +87,15 @@ class BlobSwarm:
             while not self._finished():
                 if self._origin_error is not None:
                     self._broadcast(Unavailable(self.digest, str(self._origin_error)[:1000]))
-                    raise self._origin_error
+                    failed = self._origin_error
+                    break
                 with trio.move_on_after(TICK):
                     kind, peer, item = await self._inbox.receive()
                     await self._handle(kind, peer, item)
                 await self._pump()
             nursery.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
 
     async def _forward_landed(self, landed: trio.MemoryReceiveChannel[int]) -> None:
         async with landed:

@@ -24,6 +24,7 @@ from p2pull.peer.wire import (
     Closed,
     PeerConnection,
     RemoteProtocolError,
+    State,
 )
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class PeerLink:
         self._piece_slots = trio.Semaphore(PIECE_SLOTS_PER_LINK)
 
     def send(self, message: Message) -> None:
-        if self.closed:
+        if self.closed or self.conn.state is not State.OPEN:
             return
         try:
             self._queue_send.send_nowait((self.conn.send(message), None))
@@ -55,7 +56,7 @@ class PeerLink:
 
     async def send_piece(self, piece: Piece) -> None:
         await self._piece_slots.acquire()
-        if self.closed:
+        if self.closed or self.conn.state is not State.OPEN:
             self._piece_slots.release()
             return
         try:
@@ -211,6 +212,7 @@ class PeerPool:
         except P2pullError as exc:
             log.warning("dropping peer %s: %s", link.peer_id, exc)
         finally:
+            link.close()  # before anything can yield: nobody may send on a dead connection
             scope.cancel()
 
     async def _read(self, link: PeerLink) -> None:
