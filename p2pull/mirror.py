@@ -52,26 +52,10 @@ class _BlobBody:
     metrics: Metrics
 
     async def send(self, sink: BodySink) -> None:
-        source = "local" if self.reader.local else "origin"
-        counted = _CountingSink(sink)
-        try:
-            await self.reader.send(counted, offset=self.offset, length=self.length)
-        finally:
-            self.metrics.served_bytes.labels(source).inc(counted.count)
+        def count(source: str, sent: int) -> None:
+            self.metrics.served_bytes.labels(source).inc(sent)
 
-
-class _CountingSink:
-    def __init__(self, sink: BodySink) -> None:
-        self._sink = sink
-        self.count = 0
-
-    async def write(self, data: bytes) -> None:
-        await self._sink.write(data)
-        self.count += len(data)
-
-    async def sendfile(self, fd: int, *, offset: int, count: int) -> None:
-        await self._sink.sendfile(fd, offset=offset, count=count)
-        self.count += count
+        await self.reader.send(sink, offset=self.offset, length=self.length, on_sent=count)
 
 
 class Mirror:

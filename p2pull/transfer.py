@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import trio
 
@@ -25,13 +26,16 @@ class Transfer:
         self._changed = trio.Event()
         self._subscribers: list[trio.MemorySendChannel[int]] = []
         self._waiting: dict[int, int] = {}  # chunk index -> readers waiting for it
+        self.sources: dict[int, str] = {}  # chunk index -> where it came from, this transfer
 
     def notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
 
-    def chunk_landed(self, index: int) -> None:
-        """A chunk was stored (verified): wake readers and tell subscribers which one."""
+    def chunk_landed(self, index: int, *, source: str = "origin") -> None:
+        """A chunk was stored (verified): wake readers and tell subscribers which one.
+        ``source`` ("origin" or "peer") is what the mirror's served-bytes metric reports."""
+        self.sources[index] = source
         for channel in list(self._subscribers):
             try:
                 channel.send_nowait(index)
@@ -94,7 +98,16 @@ class BlobReader:
     def local(self) -> bool:
         return self.transfer is None
 
-    async def send(self, sink: ByteSink, *, offset: int, length: int) -> None:
+    async def send(
+        self,
+        sink: ByteSink,
+        *,
+        offset: int,
+        length: int,
+        on_sent: Callable[[str, int], None] = lambda source, count: None,
+    ) -> None:
+        """Send a range; ``on_sent(source, count)`` after each piece ("local" for chunks that
+        were in the store before this transfer, else where the transfer got them)."""
         blob = self.blob
         end = offset + length
         with self._store.pin(blob.digest):
@@ -106,4 +119,8 @@ class BlobReader:
                 chunk_offset, chunk_length = blob.chunk_span(index)
                 count = min(end, chunk_offset + chunk_length) - offset
                 await blob.send(sink, offset=offset, length=count)
+                source = "local"
+                if self.transfer is not None:
+                    source = self.transfer.sources.get(index, "local")
+                on_sent(source, count)
                 offset += count

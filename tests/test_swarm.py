@@ -38,6 +38,12 @@ async def test_five_agents_pull_one_blob_at_once_origin_sends_it_once(tmp_path: 
                     n.metric("p2pull_fetched_bytes_total", source="peer") for n in nodes
                 )
                 assert from_peers >= 3.9 * len(data)
+                served = {
+                    source: sum(n.metric("p2pull_served_bytes_total", source=source) for n in nodes)
+                    for source in ("local", "peer", "origin")
+                }
+                assert sum(served.values()) == 5 * len(data)
+                assert served["peer"] >= 3.9 * len(data) and served["origin"] <= 1.05 * len(data)
                 for node in nodes:
                     assert node.agent.store is not None
                     blob = node.agent.store.lookup(digest)

@@ -286,7 +286,7 @@ class BlobSwarm:
         scheduler.have(piece.index)
         for duplicate in scheduler.on_piece(peer, piece.index, now=now):
             self._send(duplicate.peer, Cancel(self.digest, duplicate.index))
-        self.transfer.chunk_landed(piece.index)
+        self.transfer.chunk_landed(piece.index, source="peer")
 
     def _on_peers(self, peers: Peers) -> None:
         assert self._nursery is not None
