@@ -119,6 +119,10 @@ class AgentProcess:
         )
         wait_http(f"http://127.0.0.1:{self.port}/v2/")
 
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -134,10 +138,10 @@ class AgentProcess:
             self.proc.wait()
 
 
-def timed_get(url: str, expect: int) -> float:
+def timed_get(url: str, expect: int, *, to: str = "/dev/null") -> float:
     start = time.perf_counter()
     result = subprocess.run(
-        ["curl", "-s", "-f", "-o", "/dev/null", "-w", "%{size_download}", url],
+        ["curl", "-s", "-f", "-o", to, "-w", "%{size_download}", url],
         capture_output=True, text=True, check=True,
     )
     elapsed = time.perf_counter() - start
@@ -168,23 +172,30 @@ def main() -> int:
         direct = f"http://127.0.0.1:{rport}/v2/bench/blob/blobs/{small_digest}"
 
         # 1 + 2: cold pulls (fresh agent each round) vs direct, then cached vs registry.
-        cold, direct_times = [], []
+        cold, direct_times, cold_cpu, direct_disk = [], [], [], []
         for round_ in range(args.rounds):
             agent = AgentProcess(rport, workdir / f"agent-{round_}")
             agents.append(agent)
             url = f"http://127.0.0.1:{agent.port}/v2/bench/blob/blobs/{small_digest}?ns=127.0.0.1%3A{rport}"
             direct_times.append(timed_get(direct, cached_size))
+            # what containerd does without the agent: the layer lands in a new file on disk
+            target = workdir / f"direct-{round_}"
+            direct_disk.append(timed_get(direct, cached_size, to=str(target)))
+            cpu_before = agent.cpu_seconds()
             cold.append(timed_get(url, cached_size))
+            cold_cpu.append(agent.cpu_seconds() - cpu_before)
             if round_ < args.rounds - 1:
                 agent.stop()
                 agents.remove(agent)
                 shutil.rmtree(workdir / f"agent-{round_}")
         agent = agents[-1]
         url = f"http://127.0.0.1:{agent.port}/v2/bench/blob/blobs/{small_digest}?ns=127.0.0.1%3A{rport}"
-        cached, registry_times = [], []
+        cached, registry_times, cached_cpu = [], [], []
         for _ in range(args.rounds):
             registry_times.append(timed_get(direct, cached_size))
+            cpu_before = agent.cpu_seconds()
             cached.append(timed_get(url, cached_size))
+            cached_cpu.append(agent.cpu_seconds() - cpu_before)
         agent.stop()
         agents.remove(agent)
 
@@ -207,11 +218,17 @@ def main() -> int:
             "agent_gbps": round(gbps(cached, cached_size), 3),
             "registry_gbps": round(gbps(registry_times, cached_size), 3),
             "ratio": round(statistics.median(registry_times) / statistics.median(cached), 3),
+            "agent_cpu_s_per_gib": round(statistics.median(cached_cpu) / (cached_size / 2**30), 3),
         }
         results["cold"] = {
             "agent_seconds": round(statistics.median(cold), 3),
             "direct_seconds": round(statistics.median(direct_times), 3),
             "ratio": round(statistics.median(cold) / statistics.median(direct_times), 3),
+            "direct_to_disk_seconds": round(statistics.median(direct_disk), 3),
+            "ratio_vs_direct_to_disk": round(
+                statistics.median(cold) / statistics.median(direct_disk), 3
+            ),
+            "agent_cpu_s_per_gib": round(statistics.median(cold_cpu) / (cached_size / 2**30), 3),
         }
     finally:
         for agent in agents:

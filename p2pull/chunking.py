@@ -22,7 +22,7 @@ class ChunkAssembler:
 
     @property
     def position(self) -> int:
-        return self._index * self.chunk_size + self._buffered
+        return min(self.size, self._index * self.chunk_size + self._buffered)
 
     @property
     def next_index(self) -> int:
@@ -45,8 +45,15 @@ class ChunkAssembler:
             length = min(self.chunk_size, self.size - self._index * self.chunk_size)
             if self._buffered < length:
                 break
-            joined = b"".join(self._pieces) if len(self._pieces) > 1 else self._pieces[0]
-            chunk, rest = joined[:length], joined[length:]
+            # Only the piece that straddles the chunk's end is split; the join is the one copy.
+            excess = self._buffered - length
+            last = self._pieces[-1]
+            if excess:
+                head, rest = last[: len(last) - excess], last[len(last) - excess :]
+                parts = [*self._pieces[:-1], head]
+            else:
+                parts, rest = self._pieces, b""
+            chunk = parts[0] if len(parts) == 1 else b"".join(parts)
             done.append((self._index, chunk))
             self._index += 1
             self._pieces = [rest] if rest else []
