@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,7 +31,7 @@ def test_any_split_of_the_stream_yields_the_blob_chunks(
     assembler = ChunkAssembler(size=len(data), chunk_size=chunk_size, start=start)
     bounds = [start, *[c for c in cuts if c > start], len(data)]
     got: list[tuple[int, bytes]] = []
-    for low, high in zip(bounds, bounds[1:], strict=False):
+    for low, high in itertools.pairwise(bounds):
         if high > low:
             got.extend(assembler.feed(data[low:high]))
         assert assembler.position == high
