@@ -11,6 +11,7 @@ from pathlib import Path
 
 import trio
 
+from agent.admin_cli import add_admin_commands, run_prefetch, run_purge, run_status
 from agent.config import ConfigError, add_agent_arguments, config_from_args, env_name
 from agent.logs import setup_logging
 from p2pull.errors import P2pullError
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument(
         "--remove", action="store_true", help="undo: restore the backups / drop the agent entry"
     )
+
+    add_admin_commands(commands)
 
     demo = commands.add_parser("demo", help="a local pull storm on loopback")
     demo.add_argument("--nodes", type=int, default=4, help="agents on loopback")
@@ -117,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "containerd-config":
             return _run_containerd_config(args)
+        if args.command in ("status", "prefetch", "purge"):
+            runner = {"status": run_status, "prefetch": run_prefetch, "purge": run_purge}
+            return trio.run(runner[args.command], args)
         if args.command == "demo":
             from agent.demo import run_demo
 

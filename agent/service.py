@@ -12,6 +12,7 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agent.config import AgentConfig, ConfigError
+from p2pull.admin import Admin
 from p2pull.blobs import BlobService
 from p2pull.discovery.dns import DnsDiscovery
 from p2pull.discovery.mdns import MdnsDiscovery
@@ -80,6 +81,7 @@ class Agent:
         self.ready = False
         self.store: DiskStore | None = None
         self.membership: Membership | None = None
+        self.node: SwarmNode | None = None
 
     async def run(
         self, *, task_status: trio.TaskStatus[AgentPorts] = trio.TASK_STATUS_IGNORED
@@ -112,7 +114,16 @@ class Agent:
             )
             blobs = BlobService(store=store, upstreams=upstreams, metrics=self.metrics)
             manifests = ManifestService(store=store, upstreams=upstreams)
-            mirror = Mirror(blobs=blobs, manifests=manifests, metrics=self.metrics)
+            admin = Admin(
+                store=store,
+                blobs=blobs,
+                metrics=self.metrics,
+                node=lambda: self.node,
+                membership=lambda: self.membership,
+            )
+            mirror = Mirror(
+                blobs=blobs, manifests=manifests, metrics=self.metrics, admin=admin.handle
+            )
             async with trio.open_nursery() as nursery:
                 await nursery.start(blobs.run)
                 peer_port = None
@@ -164,6 +175,7 @@ class Agent:
         )
         bound = await nursery.start(node.run)
         blobs.swarm = node
+        self.node = node
         discovery: StaticDiscovery | MdnsDiscovery | DnsDiscovery
         if config.discovery == "static":
             peers = [Member.of(p.host, p.port) for p in config.peers]

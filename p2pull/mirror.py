@@ -52,17 +52,47 @@ class _BlobBody:
     metrics: Metrics
 
     async def send(self, sink: BodySink) -> None:
+        by_source: dict[str, int] = {}
+        started = time.perf_counter()
+        outcome = "error"
+
         def count(source: str, sent: int) -> None:
             self.metrics.served_bytes.labels(source).inc(sent)
+            by_source[source] = by_source.get(source, 0) + sent
 
-        await self.reader.send(sink, offset=self.offset, length=self.length, on_sent=count)
+        try:
+            await self.reader.send(sink, offset=self.offset, length=self.length, on_sent=count)
+            outcome = "ok"
+        finally:
+            # One line per blob pull: what an SRE greps for when a node was slow.
+            log.info(
+                "blob served",
+                extra={
+                    "digest": str(self.reader.blob.digest),
+                    "outcome": outcome,
+                    "bytes": sum(by_source.values()),
+                    "offset": self.offset,
+                    "bytes_local": by_source.get("local", 0),
+                    "bytes_peer": by_source.get("peer", 0),
+                    "bytes_origin": by_source.get("origin", 0),
+                    "seconds": round(time.perf_counter() - started, 3),
+                },
+            )
 
 
 class Mirror:
-    def __init__(self, *, blobs: BlobService, manifests: ManifestService, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        *,
+        blobs: BlobService,
+        manifests: ManifestService,
+        metrics: Metrics,
+        admin: Callable[[Request], Awaitable[Response]] | None = None,
+    ) -> None:
         self._blobs = blobs
         self._manifests = manifests
         self._metrics = metrics
+        self._admin = admin
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -94,6 +124,8 @@ class Mirror:
     def _route(self, request: Request) -> tuple[str, Callable[[Request], Awaitable[Response]]]:
         if request.path in ("/v2", "/v2/"):
             return "base", self._base
+        if request.path.startswith("/_p2pull/") and self._admin is not None:
+            return "admin", self._admin
         match = _ROUTE_RE.fullmatch(request.path)
         if match is None:
             return "other", self._not_found

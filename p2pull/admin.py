@@ -1,0 +1,141 @@
+"""The agent's local admin API, under ``/_p2pull/v1/`` on the mirror listener.
+
+Only loopback clients are served (the mirror normally listens on 127.0.0.1 only; this holds even
+if an operator binds it wider). ``GET status`` describes the node; ``DELETE blobs/<digest>``
+drops a blob from this node's store.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from p2pull import __version__
+from p2pull.blobs import BlobService
+from p2pull.errors import P2pullError
+from p2pull.httpserver import Request, Response
+from p2pull.membership import Membership
+from p2pull.metrics import Metrics
+from p2pull.reference import Digest
+from p2pull.store.types import BlobStore
+from p2pull.swarm.node import SwarmNode
+
+PREFIX = "/_p2pull/v1/"
+
+
+def _json(status: int, body: object) -> Response:
+    return Response(status, [("content-type", "application/json")], json.dumps(body).encode())
+
+
+def _is_loopback(peer: str) -> bool:
+    host = peer.rsplit(":", 1)[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Admin:
+    def __init__(
+        self,
+        *,
+        store: BlobStore,
+        blobs: BlobService,
+        metrics: Metrics,
+        node: Callable[[], SwarmNode | None] = lambda: None,
+        membership: Callable[[], Membership | None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._metrics = metrics
+        self._node = node
+        self._membership = membership
+
+    async def handle(self, request: Request) -> Response:
+        if not _is_loopback(request.peer):
+            return _json(403, {"error": "the admin API answers local clients only"})
+        path = request.path.removeprefix(PREFIX)
+        if request.path == f"{PREFIX}status" and request.method == "GET":
+            return _json(200, self.status())
+        if path.startswith("blobs/") and request.method == "DELETE":
+            return await self._purge(path.removeprefix("blobs/"))
+        return _json(404, {"error": f"no admin endpoint {request.method} {request.path[:100]}"})
+
+    async def _purge(self, raw: str) -> Response:
+        try:
+            digest = Digest.parse(raw)
+        except P2pullError as exc:
+            return _json(400, {"error": str(exc)})
+        if digest in self._blobs.transfers:
+            return _json(409, {"error": f"{digest} is being downloaded; try again when done"})
+        blob = self._store.lookup(digest)
+        if blob is None:
+            return _json(404, {"error": f"{digest} is not in this node's store"})
+        removed = await self._store.remove(digest)
+        await trio.lowlevel.checkpoint()
+        return _json(200, {"removed": removed, "digest": str(digest), "bytes": blob.size})
+
+    def _served(self) -> dict[str, float]:
+        registry = self._metrics.registry
+        return {
+            source: registry.get_sample_value("p2pull_served_bytes_total", {"source": source})
+            or 0.0
+            for source in ("local", "peer", "origin")
+        }
+
+    def status(self) -> dict[str, Any]:
+        served = self._served()
+        total = sum(served.values())
+        node, membership = self._node(), self._membership()
+        peers: list[dict[str, Any]] = []
+        if membership is not None:
+            now = trio.current_time()
+            live = {m.node_id for m in membership.live(now=now)}
+            suspected = set(membership.suspected())
+            known = live | suspected
+            for node_id in sorted(known - {membership.self_member.node_id}):
+                peers.append(
+                    {
+                        "node_id": node_id,
+                        "connected": node is not None and node.pool.link(node_id) is not None,
+                        "suspected": node_id in suspected,
+                    }
+                )
+        swarms = []
+        if node is not None:
+            for digest, swarm in node.swarms.items():
+                blob = swarm.transfer.blob
+                swarms.append(
+                    {
+                        "digest": str(digest),
+                        "role": swarm.role.value,
+                        "seed": swarm.seed_id,
+                        "chunks": blob.bitfield.length if blob else None,
+                        "have": blob.bitfield.count if blob else 0,
+                        "peers": len(swarm.peer_bits),
+                    }
+                )
+        digests = self._store.digests()
+        complete = [d for d in digests if (b := self._store.lookup(d)) is not None and b.complete]
+        return {
+            "version": __version__,
+            "node_id": membership.self_member.node_id if membership is not None else None,
+            "swarm": node is not None,
+            "peers": peers,
+            "swarms": swarms,
+            "transfers": [str(d) for d in self._blobs.transfers],
+            "store": {
+                "blobs": len(digests),
+                "complete": len(complete),
+                "bytes": self._store.used_bytes,
+                "quota": getattr(self._store, "quota_bytes", 0),
+            },
+            "served_bytes": served,
+            # bytes served that did not come from the origin, and the part that came from peers
+            "hit_ratio": 1 - served["origin"] / total if total else None,
+            "peer_ratio": served["peer"] / total if total else None,
+        }

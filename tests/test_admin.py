@@ -1,0 +1,93 @@
+"""The local admin API and the status / prefetch / purge commands against running agents."""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from agent.admin_cli import render_status, run_prefetch, run_purge
+from agent.cli import main
+from p2pull.admin import _is_loopback
+from p2pull.imageref import parse_image
+from p2pull.testing.origin import TestOrigin, tar_layer
+from tests.swarm_harness import swarm
+
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("ubuntu", "docker.io/library/ubuntu:latest"),
+        ("nvcr.io/nvidia/pytorch:24.05-py3", "nvcr.io/nvidia/pytorch:24.05-py3"),
+        ("localhost:5000/team/app", "localhost:5000/team/app:latest"),
+        ("127.0.0.1:5000/a/b@sha256:" + "a" * 64, "127.0.0.1:5000/a/b@sha256:" + "a" * 64),
+        ("user/repo:v1", "docker.io/user/repo:v1"),
+    ],
+)
+def test_image_references(text: str, expected: str) -> None:
+    assert str(parse_image(text)) == expected
+
+
+@pytest.mark.parametrize("peer", ["127.0.0.1:5000", "[::1]:80", "127.3.2.1:1"])
+def test_loopback_peers_are_admin_clients(peer: str) -> None:
+    assert _is_loopback(peer)
+
+
+@pytest.mark.parametrize("peer", ["198.18.0.2:5000", "[fd00::1]:80", "?", ""])
+def test_other_peers_are_not(peer: str) -> None:
+    assert not _is_loopback(peer)
+
+
+def test_commands_say_when_no_agent_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in (["status"], ["prefetch", "ubuntu"], ["purge", "sha256:" + "b" * 64]):
+        assert main([*command, "--mirror", "http://127.0.0.1:9"]) == 2
+        assert "no p2pull agent answers at http://127.0.0.1:9" in capsys.readouterr().err
+
+
+async def test_status_prefetch_purge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rng = random.Random(2)
+    layers = [tar_layer({"a.bin": rng.randbytes(3 * MiB)}), tar_layer({"b": rng.randbytes(MiB)})]
+    origin = TestOrigin()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(origin.run)
+            manifest, layer_digests = origin.add_image("team/app", "v1", layers)
+            async with swarm(tmp_path, origin, 2) as nodes:
+                mirror = nodes[0].mirror_url
+                image = f"{origin.netloc}/team/app:v1"
+                args = argparse.Namespace(mirror=mirror, images=[image], platform="linux/amd64")
+                assert await run_prefetch(args) == 0
+                store = nodes[0].agent.store
+                assert store is not None
+                for digest in (manifest, *layer_digests):
+                    blob = store.lookup(digest)
+                    assert blob is not None and blob.complete
+
+                async with httpx.AsyncClient() as client:
+                    status = (await client.get(f"{mirror}/_p2pull/v1/status")).json()
+                assert status["swarm"] is True
+                assert status["store"]["complete"] == 4  # manifest, config, two layers
+                assert [p["node_id"] for p in status["peers"]] == [
+                    nodes[1].agent.membership.self_member.node_id  # type: ignore[union-attr]
+                ]
+                assert status["served_bytes"]["origin"] + status["served_bytes"]["peer"] > 4 * MiB
+                table = render_status(status)
+                assert "hit ratio" in table and status["node_id"] in table
+
+                purge = argparse.Namespace(mirror=mirror, targets=[str(layer_digests[0])])
+                assert await run_purge(purge) == 0
+                assert store.lookup(layer_digests[0]) is None
+                purge_image = argparse.Namespace(
+                    mirror=mirror, targets=[image], platform="linux/amd64"
+                )
+                assert await run_purge(purge_image) == 0  # already-gone blobs are not errors
+                assert store.digests() == []
+                out = capsys.readouterr().out
+                assert f"{layer_digests[0]}: removed" in out
+            nursery.cancel_scope.cancel()
