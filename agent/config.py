@@ -47,6 +47,10 @@ class AgentConfig:
     credentials_file: Path | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
     store_quota: int = 0
+    min_free_disk: int = 2 << 30
+    upload_rate: int = 0
+    download_rate: int = 0
+    max_uploads: int = 16
     log_level: str = "INFO"
     log_format: str = "json"
 
@@ -64,6 +68,12 @@ def parse_size(text: str) -> int:
     if value < 0:
         raise ConfigError(f"size must not be negative: {text!r}")
     return value
+
+
+def _positive(text: str, flag: str) -> int:
+    if not str(text).isdigit() or int(text) < 1:
+        raise ConfigError(f"{flag}: expected a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def env_name(flag: str) -> str:
@@ -101,6 +111,14 @@ def add_agent_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str])
     opt("--credentials", default=None, help="docker config.json-style registry credentials")
     opt("--chunk-size", default="4MiB", help="chunk size of new blobs")
     opt("--store-quota", default="0", help="disk quota of the store (0: no quota), e.g. 200GiB")
+    opt(
+        "--min-free-disk",
+        default="2GiB",
+        help="low-disk guard: keep this much free; beyond it blobs pass through uncached",
+    )
+    opt("--upload-rate", default="0", help="bytes/s to peers, all together (0: unlimited)")
+    opt("--download-rate", default="0", help="bytes/s from peers and origin (0: unlimited)")
+    opt("--max-uploads", default="16", help="chunks uploaded to peers at once")
     opt("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     opt("--log-format", default="json", choices=("json", "text"), help="log line format")
 
@@ -151,6 +169,10 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         credentials_file=Path(args.credentials) if args.credentials else None,
         chunk_size=chunk_size,
         store_quota=parse_size(args.store_quota),
+        min_free_disk=parse_size(args.min_free_disk),
+        upload_rate=parse_size(args.upload_rate),
+        download_rate=parse_size(args.download_rate),
+        max_uploads=_positive(args.max_uploads, "--max-uploads"),
         log_level=level,
         log_format=args.log_format,
     )

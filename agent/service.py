@@ -22,6 +22,7 @@ from p2pull.manifests import ManifestService
 from p2pull.membership import Member, Membership
 from p2pull.metrics import Metrics
 from p2pull.mirror import Mirror
+from p2pull.ratelimit import RateLimiter
 from p2pull.store.disk import DiskStore
 from p2pull.swarm.node import SwarmConfig, SwarmNode
 from p2pull.upstream.client import RegistrySet
@@ -97,6 +98,9 @@ class Agent:
             config.data_dir, chunk_size=config.chunk_size, quota_bytes=config.store_quota
         )
         self.store = store
+        store.min_free_bytes = config.min_free_disk
+        store.on_evict = self.metrics.store_evictions.inc
+        self.download_limit = RateLimiter(config.download_rate)
         self.metrics.store_quota_bytes.set(config.store_quota)
         self.metrics.store_bytes.set_function(lambda: store.used_bytes)
         credentials = Credentials.load(config.credentials_file) if config.credentials_file else None
@@ -112,7 +116,12 @@ class Agent:
                 default=config.default_upstream,
                 credentials=credentials,
             )
-            blobs = BlobService(store=store, upstreams=upstreams, metrics=self.metrics)
+            blobs = BlobService(
+                store=store,
+                upstreams=upstreams,
+                metrics=self.metrics,
+                download_limit=self.download_limit,
+            )
             manifests = ManifestService(store=store, upstreams=upstreams)
             admin = Admin(
                 store=store,
@@ -167,7 +176,10 @@ class Agent:
                 secret=secret,
                 bind_host=config.peer_addr.host,
                 max_chunk_size=max(config.chunk_size, 64 * 1024 * 1024),
+                upload_slots=config.max_uploads,
+                upload_rate=config.upload_rate,
             ),
+            download_limit=self.download_limit,
             membership=membership,
             store=store,
             blobs=blobs,

@@ -17,9 +17,18 @@ from typing import Protocol
 
 import trio
 
-from p2pull.errors import BlobUnavailable, DigestMismatch, NotFound, P2pullError, StoreError
+from p2pull.errors import (
+    BlobUnavailable,
+    DigestMismatch,
+    NotFound,
+    P2pullError,
+    StoreError,
+    StoreFull,
+)
 from p2pull.metrics import Metrics
 from p2pull.origin_fetch import DEFAULT_RESUME, OriginFetcher, ResumePolicy
+from p2pull.passthrough import PassThroughReader
+from p2pull.ratelimit import UNLIMITED, RateLimiter
 from p2pull.reference import Digest
 from p2pull.store.types import BlobStore, StoredBlob
 from p2pull.transfer import BlobReader, Transfer
@@ -47,12 +56,18 @@ class BlobService:
         metrics: Metrics,
         resume: ResumePolicy = DEFAULT_RESUME,
         jitter: Callable[[], float] = random.random,
+        download_limit: RateLimiter = UNLIMITED,
     ) -> None:
         self._store = store
         self._upstreams = upstreams
         self._metrics = metrics
         self.origin = OriginFetcher(
-            store=store, upstreams=upstreams, metrics=metrics, resume=resume, jitter=jitter
+            store=store,
+            upstreams=upstreams,
+            metrics=metrics,
+            resume=resume,
+            jitter=jitter,
+            download_limit=download_limit,
         )
         self.swarm: SwarmStrategy | None = None
         self._transfers: dict[Digest, Transfer] = {}
@@ -78,15 +93,25 @@ class BlobService:
             return transfer.blob.size
         return await self._upstreams.for_namespace(ns).head_blob(name, digest)
 
-    async def open(self, ns: str | None, name: str, digest: Digest) -> BlobReader:
-        """A reader for ``digest``; waits only until the size is known (response headers)."""
+    async def open(
+        self, ns: str | None, name: str, digest: Digest
+    ) -> BlobReader | PassThroughReader:
+        """A reader for ``digest``; waits only until the size is known (response headers).
+        When the store is full (quota or low disk) the blob is passed through uncached."""
         blob = self._store.lookup(digest)
         if blob is not None and blob.complete:
             return BlobReader(blob=blob, transfer=None, store=self._store)
         transfer = self._transfers.get(digest)
         if transfer is None:
             transfer = self._start(ns, name, digest, blob)
-        blob = await transfer.wait_blob()
+        try:
+            blob = await transfer.wait_blob()
+        except StoreFull as exc:
+            log.warning("not caching %s: %s; passing it through", digest, exc)
+            self._metrics.passthrough_blobs.inc()
+            upstream = self._upstreams.for_namespace(ns)
+            size = await upstream.head_blob(name, digest)
+            return PassThroughReader(upstream=upstream, name=name, digest=digest, size=size)
         return BlobReader(blob=blob, transfer=transfer, store=self._store)
 
     def ensure(self, ns: str | None, name: str, digest: Digest) -> Transfer | None:

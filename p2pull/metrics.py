@@ -97,6 +97,11 @@ class Metrics:
         self.swarms = Gauge(
             "p2pull_swarms", "Blobs this node is downloading through the swarm now", registry=r
         )
+        self.passthrough_blobs = Counter(
+            "p2pull_passthrough_blobs",
+            "Blobs served straight from the origin without caching (store full / low disk)",
+            registry=r,
+        )
         self.store_evictions = Counter(
             "p2pull_store_evictions", "Blobs evicted by the LRU quota", registry=r
         )

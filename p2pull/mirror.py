@@ -16,10 +16,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from p2pull.blobs import BlobReader, BlobService
-from p2pull.errors import NameInvalid, P2pullError, RangeNotSatisfiable
+from p2pull.errors import NameInvalid, P2pullError, RangeNotSatisfiable, StoreFull
 from p2pull.httpserver import BodySink, Request, Response
 from p2pull.manifests import ManifestService
 from p2pull.metrics import Metrics
+from p2pull.passthrough import PassThroughReader
 from p2pull.reference import Digest, ManifestRef, parse_range, validate_name
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class _BlobBody:
     """A StreamBody that streams a range of a blob and counts the bytes by source."""
 
     length: int
-    reader: BlobReader
+    reader: BlobReader | PassThroughReader
     offset: int
     metrics: Metrics
 
@@ -68,7 +69,7 @@ class _BlobBody:
             log.info(
                 "blob served",
                 extra={
-                    "digest": str(self.reader.blob.digest),
+                    "digest": str(self.reader.digest),
                     "outcome": outcome,
                     "bytes": sum(by_source.values()),
                     "offset": self.offset,
@@ -202,6 +203,9 @@ class Mirror:
             return Response(200, self._blob_headers(digest, size, size), b"")
         reader = await self._blobs.open(ns, name, digest)
         byte_range = parse_range(range_header, size=reader.size)
+        partial = byte_range is not None and byte_range.length != reader.size
+        if isinstance(reader, PassThroughReader) and partial:
+            raise StoreFull(f"{digest}: the store is full and a range cannot be verified")
         if byte_range is None:
             headers = self._blob_headers(digest, reader.size, reader.size)
             return Response(200, headers, _BlobBody(reader.size, reader, 0, self._metrics))

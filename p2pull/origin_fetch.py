@@ -13,6 +13,7 @@ import trio
 from p2pull.chunking import ChunkAssembler
 from p2pull.errors import P2pullError, UpstreamAuthError, UpstreamError
 from p2pull.metrics import Metrics
+from p2pull.ratelimit import UNLIMITED, RateLimiter
 from p2pull.store.types import BlobStore, StoredBlob
 from p2pull.transfer import Transfer
 from p2pull.upstream.types import Upstreams
@@ -52,6 +53,7 @@ class OriginFetcher:
         resume: ResumePolicy = DEFAULT_RESUME,
         jitter: Callable[[], float] = random.random,
         pipeline_depth: int = 2,
+        download_limit: RateLimiter = UNLIMITED,
     ) -> None:
         self._store = store
         self._upstreams = upstreams
@@ -59,6 +61,7 @@ class OriginFetcher:
         self._resume = resume
         self._jitter = jitter
         self._pipeline_depth = pipeline_depth  # chunks cut but not yet stored
+        self._download_limit = download_limit
 
     async def fetch(self, transfer: Transfer, *, wanted: Wanted | None = None) -> None:
         """Fill the transfer's missing chunks from the origin; with ``wanted``, only those it
@@ -149,6 +152,7 @@ class OriginFetcher:
             with trio.CancelScope() as reader, send:
                 try:
                     async for piece in pieces:
+                        await self._download_limit.acquire(len(piece))
                         try:
                             chunks = assembler.feed(piece)
                         except ValueError as exc:

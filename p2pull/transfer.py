@@ -90,6 +90,7 @@ class BlobReader:
 
     def __init__(self, *, blob: StoredBlob, transfer: Transfer | None, store: BlobStore) -> None:
         self.blob = blob
+        self.digest = blob.digest
         self.size = blob.size
         self.transfer = transfer
         self._store = store

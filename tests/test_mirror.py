@@ -346,3 +346,35 @@ async def test_partial_blob_resumes_after_restart(tmp_path: Path, upstream: Memo
 
 async def test_manifest_ref_parse_is_used_for_digests() -> None:
     assert ManifestRef.parse(GOOD_DIGEST).digest == Digest("a" * 64)
+
+
+@pytest.mark.parametrize(
+    ("quota", "min_free"),
+    [pytest.param(CHUNK, 0, id="quota-too-small"), pytest.param(0, 1 << 60, id="low-disk")],
+)
+async def test_full_store_passes_blobs_through_uncached(
+    tmp_path: Path, upstream: MemoryUpstream, quota: int, min_free: int
+) -> None:
+    data = blob_bytes(5 * CHUNK + 1)
+    digest = upstream.add_blob(data)
+    url = f"/v2/{NAME}/blobs/{digest}"
+    async with running_mirror(tmp_path, upstream) as m:
+        m.store.quota_bytes, m.store.min_free_bytes = quota, min_free
+        response = await m.client.get(url)
+        ranged = await m.client.get(url, headers={"Range": "bytes=10-"})
+        assert m.store.digests() == []
+        passed = m.metrics.registry.get_sample_value("p2pull_passthrough_blobs_total")
+    assert response.status_code == 200 and response.content == data
+    assert ranged.status_code == 503  # a range cannot be verified without caching the blob
+    assert passed == 2
+
+
+async def test_passthrough_never_completes_a_body_with_wrong_bytes(
+    tmp_path: Path, upstream: MemoryUpstream
+) -> None:
+    digest = Digest.of(b"the real thing")
+    upstream.blobs[digest] = blob_bytes(3 * CHUNK)
+    async with running_mirror(tmp_path, upstream) as m:
+        m.store.min_free_bytes = 1 << 60
+        with pytest.raises(httpx.HTTPError):
+            await m.client.get(f"/v2/{NAME}/blobs/{digest}")

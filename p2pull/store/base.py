@@ -225,6 +225,9 @@ class StoreBase:
         self._last_used: dict[Digest, float] = {}
         self._open_lock = trio.Lock()  # one open at a time: no two blobs for one digest
         self.evictions = 0
+        self.on_evict: Callable[[], None] = lambda: None
+        self.min_free_bytes = 0  # the low-disk guard: never fill the disk past this
+        self.free_bytes: Callable[[], int] | None = None
 
     def lookup(self, digest: Digest) -> BlobBase | None:
         return self._blobs.get(digest)
@@ -249,25 +252,34 @@ class StoreBase:
             if not self._pins[digest]:
                 del self._pins[digest]
 
+    def _over_limits(self, size: int) -> str | None:
+        """Why ``size`` more bytes do not fit now (quota or low disk), or None."""
+        if self.quota_bytes and self.used_bytes + size > self.quota_bytes:
+            return f"{self.used_bytes} of the {self.quota_bytes}-byte quota in use"
+        if self.min_free_bytes and self.free_bytes is not None:
+            free = self.free_bytes()
+            if free - size < self.min_free_bytes:
+                return f"only {free} bytes free on disk, keeping {self.min_free_bytes} free"
+        return None
+
     async def _make_room(self, size: int) -> None:
-        if not self.quota_bytes:
-            return
-        if size > self.quota_bytes:
+        if self.quota_bytes and size > self.quota_bytes:
             raise StoreFull(f"blob of {size} bytes exceeds the store quota of {self.quota_bytes}")
         victims = sorted(
             (d for d, b in self._blobs.items() if b.complete and d not in self._pins),
             key=lambda d: self._last_used.get(d, 0.0),
         )
-        while self.used_bytes + size > self.quota_bytes:
+        while (reason := self._over_limits(size)) is not None:
             if not victims:
                 raise StoreFull(
-                    f"need {size} bytes; {self.used_bytes} of {self.quota_bytes} in use and "
-                    "nothing evictable (every complete blob is in use)"
+                    f"need {size} bytes; {reason}, and nothing evictable "
+                    "(every complete blob is in use)"
                 )
             victim = victims.pop(0)
-            log.info("evicting %s (LRU) to make room for %d bytes", victim, size)
+            log.info("evicting %s (LRU) to make room for %d bytes: %s", victim, size, reason)
             await self.remove(victim)
             self.evictions += 1
+            self.on_evict()
 
     async def remove(self, digest: Digest) -> bool:
         blob = self._blobs.pop(digest, None)

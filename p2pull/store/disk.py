@@ -123,6 +123,7 @@ class DiskStore(StoreBase):
         super().__init__(chunk_size=chunk_size, quota_bytes=quota_bytes)
         self.data_dir = data_dir
         self.blob_root = data_dir / "blobs" / "sha256"
+        self.free_bytes = lambda: shutil.disk_usage(self.data_dir).free
 
     @classmethod
     async def load(cls, data_dir: Path, *, chunk_size: int, quota_bytes: int = 0) -> DiskStore:

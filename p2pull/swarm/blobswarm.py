@@ -267,6 +267,7 @@ class BlobSwarm:
         expected = self.hashes[piece.index]
         if expected is None or blob.bitfield.has(piece.index):
             return  # never asked for without a hash; a late duplicate otherwise
+        await self.node.download_limit.acquire(len(piece.data))
         now = self.node.clock()
         try:
             await blob.write_chunk(piece.index, piece.data, expected=expected)
@@ -424,7 +425,9 @@ class BlobSwarm:
             missing = list(blob.bitfield.missing())[:8]
             log.debug(
                 "stall detail for %s: missing %s, hash known %s, holders %s, in flight %s",
-                self.digest[:19], missing, [self.hashes[i] is not None for i in missing],
+                self.digest[:19],
+                missing,
+                [self.hashes[i] is not None for i in missing],
                 {p: [i for i in missing if b.has(i)] for p, b in self.peer_bits.items()},
                 scheduler.in_flight()[:8],
             )

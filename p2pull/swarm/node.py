@@ -27,6 +27,7 @@ from p2pull.peer.messages import (
     Request,
     Unavailable,
 )
+from p2pull.ratelimit import UNLIMITED, RateLimiter
 from p2pull.reference import Digest, validate_name
 from p2pull.store.types import BlobStore
 from p2pull.swarm.blobswarm import BlobSwarm, blob_info
@@ -50,6 +51,7 @@ class SwarmConfig:
     info_timeout: float = 15.0
     connect_timeout: float = 5.0
     max_chunk_size: int = 64 * 1024 * 1024
+    upload_rate: float = 0.0  # bytes/s to all peers together; 0: unlimited
 
 
 class SwarmNode:
@@ -64,6 +66,7 @@ class SwarmNode:
         blobs: BlobService,
         metrics: Metrics,
         clock: Callable[[], float] = trio.current_time,
+        download_limit: RateLimiter = UNLIMITED,
     ) -> None:
         self.config = config
         self.node_id = config.member.node_id
@@ -83,6 +86,8 @@ class SwarmNode:
         )
         self.swarms: dict[Digest, BlobSwarm] = {}
         self._uploads = trio.Semaphore(config.upload_slots)
+        self.upload_limit = RateLimiter(config.upload_rate)
+        self.download_limit = download_limit  # shared with the origin fetcher: one node budget
         self._requests: dict[str, int] = {}
         self._nursery: trio.Nursery | None = None
         metrics.peer_links.set_function(lambda: len(self.pool.links))
@@ -188,6 +193,7 @@ class SwarmNode:
                 except (StoreError, P2pullError) as exc:
                     link.send(Reject(request.digest, request.index, f"store: {exc}"[:1000]))
                     return
+                await self.upload_limit.acquire(length)
                 await link.send_piece(Piece(request.digest, request.index, data))
                 self.metrics.peer_upload_bytes.inc(length)
         finally:
