@@ -170,6 +170,7 @@ class Agent:
         member = Member.of(host, port)
         membership = Membership(self_member=member)
         self.membership = membership
+        self.metrics.peers_known.set_function(lambda: len(membership.live(now=trio.current_time())))
         node = SwarmNode(
             config=SwarmConfig(
                 member=member,

@@ -6,9 +6,13 @@ methods) and never a raw digest.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 SOURCES = ("local", "peer", "origin")
+MAX_BLOB_LABELS = 64  # per node; more concurrent origin fetches share the label "_other"
 
 
 class Metrics:
@@ -102,6 +106,41 @@ class Metrics:
             "Blobs served straight from the origin without caching (store full / low disk)",
             registry=r,
         )
+        self.peers_known = Gauge(
+            "p2pull_peers_known",
+            "Live members of the cluster this node knows, itself included",
+            registry=r,
+        )
+        self.origin_fetch_active = Gauge(
+            "p2pull_origin_fetch_active",
+            "1 while this node downloads the blob from the origin (blob: the first 16 hex digits "
+            f"of its digest; beyond {MAX_BLOB_LABELS} blobs at once: _other)",
+            ["blob"],
+            registry=r,
+        )
         self.store_evictions = Counter(
             "p2pull_store_evictions", "Blobs evicted by the LRU quota", registry=r
         )
+        for source in SOURCES:  # the series exist at 0 before the first byte
+            self.served_bytes.labels(source)
+            self.fetched_bytes.labels(source)
+        self._blob_labels: dict[str, int] = {}
+
+    @contextmanager
+    def origin_fetch(self, digest_hex: str) -> Iterator[None]:
+        """Count one origin download of a blob, in both the total and the per-blob gauge."""
+        label = digest_hex[:16]
+        if label not in self._blob_labels and len(self._blob_labels) >= MAX_BLOB_LABELS:
+            label = "_other"
+        self._blob_labels[label] = self._blob_labels.get(label, 0) + 1
+        self.origin_fetch_active.labels(label).inc()
+        try:
+            with self.origin_fetchers.track_inprogress():
+                yield
+        finally:
+            self._blob_labels[label] -= 1
+            if self._blob_labels[label]:
+                self.origin_fetch_active.labels(label).dec()
+            else:
+                del self._blob_labels[label]
+                self.origin_fetch_active.remove(label)

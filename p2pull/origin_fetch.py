@@ -82,8 +82,10 @@ class OriginFetcher:
                         size=blob.size, chunk_size=blob.chunk_size, start=first * blob.chunk_size
                     )
             start = assembler.position if assembler is not None else 0
+            opened = False
             try:
                 async with upstream.open_blob(name, transfer.digest, start=start) as body:
+                    opened = True
                     if blob is None:
                         blob = await self._store.open(transfer.digest, size=body.size)
                         transfer.blob = blob
@@ -104,6 +106,10 @@ class OriginFetcher:
             except UpstreamAuthError:
                 raise
             except UpstreamError as exc:
+                if not opened:
+                    # The upstream client already retried opening it (connection errors, 5xx):
+                    # retrying again here would multiply the delays past containerd's patience.
+                    raise
                 failures += 1
                 if failures > self._resume.attempts:
                     raise
@@ -138,6 +144,7 @@ class OriginFetcher:
             async with receive:
                 async for index, chunk in receive:
                     try:
+                        transfer.sources[index] = "origin"  # before readers can see it
                         await blob.write_chunk(index, chunk)
                     except P2pullError as exc:
                         store_error = exc

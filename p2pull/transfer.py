@@ -34,7 +34,9 @@ class Transfer:
 
     def chunk_landed(self, index: int, *, source: str = "origin") -> None:
         """A chunk was stored (verified): wake readers and tell subscribers which one.
-        ``source`` ("origin" or "peer") is what the mirror's served-bytes metric reports."""
+        ``source`` ("origin" or "peer") is what the mirror's served-bytes metric reports; the
+        fetchers also record it just before the write, so a reader woken by the write itself
+        never sees the chunk without its source."""
         self.sources[index] = source
         for channel in list(self._subscribers):
             try:

@@ -146,7 +146,7 @@ class BlobSwarm:
     async def _origin_task(self) -> None:
         assert self._origin is not None
         try:
-            with self.node.metrics.origin_fetchers.track_inprogress():
+            with self.node.metrics.origin_fetch(self.transfer.digest.hex):
                 await self._origin.fetch(self.transfer, wanted=self._origin_wanted)
         except P2pullError as exc:
             self._origin_error = exc
@@ -270,8 +270,11 @@ class BlobSwarm:
         await self.node.download_limit.acquire(len(piece.data))
         now = self.node.clock()
         try:
+            self.transfer.sources[piece.index] = "peer"  # before readers can see it
             await blob.write_chunk(piece.index, piece.data, expected=expected)
         except ChunkMismatch:
+            if not blob.bitfield.has(piece.index):
+                self.transfer.sources.pop(piece.index, None)
             self.node.metrics.chunks_rejected.inc()
             log.warning(
                 "peer %s sent a corrupt chunk %d of %s: dropping it for this blob",
