@@ -16,8 +16,8 @@ import trio
 
 from agent.config import env_name
 from p2pull.errors import P2pullError
-from p2pull.imageref import parse_image
-from p2pull.imagewalk import fetch_blob, resolve
+from p2pull.imageref import ImageRef, parse_image
+from p2pull.imagewalk import ResolvedImage, fetch_blob, resolve
 from p2pull.reference import Digest
 
 ADMIN = "/_p2pull/v1"
@@ -50,6 +50,12 @@ def add_admin_commands(commands: Any) -> None:
     mirror_flag(prefetch)
     prefetch.add_argument("images", nargs="+", metavar="IMAGE")
     prefetch.add_argument("--platform", default="linux/amd64")
+    prefetch.add_argument(
+        "--all-nodes",
+        action="store_true",
+        help="also make every other live node fetch the blobs (through the swarm, in the "
+        "background)",
+    )
     purge = commands.add_parser("purge", help="drop blobs (a digest or an image's) from this node")
     mirror_flag(purge)
     purge.add_argument("targets", nargs="+", metavar="DIGEST|IMAGE")
@@ -153,6 +159,8 @@ async def run_prefetch(args: argparse.Namespace) -> int:
         await _call(client, "GET", f"{args.mirror}/v2/")
         for ref in refs:
             image = await resolve(client, args.mirror, ref, platform=args.platform)
+            if args.all_nodes:
+                await _prefetch_everywhere(client, args.mirror, ref, image)
             progress = _Progress(image.size, str(ref))
             async with trio.open_nursery() as nursery:
                 for blob in image.blobs:
@@ -166,6 +174,24 @@ async def run_prefetch(args: argparse.Namespace) -> int:
                 f"\n{ref}: {len(image.blobs)} blobs, {size} in this node's store", file=sys.stderr
             )
     return 0
+
+
+async def _prefetch_everywhere(
+    client: httpx.AsyncClient, mirror: str, ref: ImageRef, image: ResolvedImage
+) -> None:
+    digests = ",".join(str(blob.digest) for blob in image.blobs)
+    query = httpx.QueryParams(
+        {"ns": ref.registry, "name": ref.name, "digests": digests, "all_nodes": "1"}
+    )
+    response = await _call(client, "POST", f"{mirror}{ADMIN}/prefetch?{query}")
+    answer = response.json()
+    if response.status_code != 200:
+        raise AgentDown(f"the agent refused the prefetch: {answer.get('error')}")
+    print(
+        f"{ref}: asked {len(answer['nodes_told'])} other nodes to fetch it in the background"
+        + (f"; unreachable: {', '.join(answer['unreachable'])}" if answer["unreachable"] else ""),
+        file=sys.stderr,
+    )
 
 
 async def run_purge(args: argparse.Namespace) -> int:

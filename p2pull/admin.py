@@ -16,11 +16,13 @@ import trio
 
 from p2pull import __version__
 from p2pull.blobs import BlobService
-from p2pull.errors import P2pullError
+from p2pull.errors import NameInvalid, P2pullError
 from p2pull.httpserver import Request, Response
-from p2pull.membership import Membership
+from p2pull.membership import Member, Membership
 from p2pull.metrics import Metrics
-from p2pull.reference import Digest
+from p2pull.mirror import NS_RE
+from p2pull.peer.messages import Interested
+from p2pull.reference import Digest, validate_name
 from p2pull.store.types import BlobStore
 from p2pull.swarm.node import SwarmNode
 
@@ -63,6 +65,8 @@ class Admin:
             return _json(200, self.status())
         if path.startswith("blobs/") and request.method == "DELETE":
             return await self._purge(path.removeprefix("blobs/"))
+        if path == "prefetch" and request.method == "POST":
+            return await self._prefetch(request.query)
         return _json(404, {"error": f"no admin endpoint {request.method} {request.path[:100]}"})
 
     async def _purge(self, raw: str) -> Response:
@@ -78,6 +82,43 @@ class Admin:
         removed = await self._store.remove(digest)
         await trio.lowlevel.checkpoint()
         return _json(200, {"removed": removed, "digest": str(digest), "bytes": blob.size})
+
+    async def _prefetch(self, query: dict[str, str]) -> Response:
+        """Start downloading blobs on this node and, with ``all_nodes=1``, on every live member
+        (an ``Interested`` makes a node fetch a blob through the swarm)."""
+        try:
+            name = validate_name(query.get("name", ""))
+            ns = query.get("ns") or None
+            if ns is not None and NS_RE.fullmatch(ns) is None:
+                raise NameInvalid(f"invalid ns {ns[:80]!r}")
+            digests = [Digest.parse(d) for d in query.get("digests", "").split(",") if d]
+        except P2pullError as exc:
+            return _json(400, {"error": str(exc)})
+        started = sum(self._blobs.ensure(ns, name, d) is not None for d in digests)
+        node, membership = self._node(), self._membership()
+        told: list[str] = []
+        unreachable: list[str] = []
+        if query.get("all_nodes") == "1" and node is not None and membership is not None:
+            me = membership.self_member.node_id
+            others = [m for m in membership.live(now=trio.current_time()) if m.node_id != me]
+
+            async def tell(member: Member) -> None:
+                try:
+                    link = await node.pool.connect(member)
+                except P2pullError:
+                    unreachable.append(member.node_id)
+                    return
+                for digest in digests:
+                    link.send(Interested(str(digest), name, ns))
+                told.append(member.node_id)
+
+            async with trio.open_nursery() as nursery:
+                for member in others:
+                    nursery.start_soon(tell, member)
+        return _json(
+            200,
+            {"started_here": started, "nodes_told": sorted(told), "unreachable": unreachable},
+        )
 
     def _served(self) -> dict[str, float]:
         registry = self._metrics.registry

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -38,6 +39,7 @@ class Request:
     query: dict[str, str]
     headers: tuple[tuple[str, str], ...]
     peer: str = ""
+    received: float = 0.0  # time.perf_counter() when the request head was parsed
 
     def header(self, name: str) -> str | None:
         """The first value of a header (names compare case-insensitively)."""
@@ -226,6 +228,7 @@ class HttpServer:
                 for k, v in event.headers
             ),
             peer=peer,
+            received=time.perf_counter(),
         )
         try:
             response = await self._handler(request)

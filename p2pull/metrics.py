@@ -72,6 +72,18 @@ class Metrics:
             buckets=(0.001, 0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
+        self.first_byte = Histogram(
+            "p2pull_mirror_first_byte_seconds",
+            "Time from a blob request to its first body byte leaving the agent",
+            buckets=(0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.swarm_members = Gauge(
+            "p2pull_swarm_members",
+            "Peers in the swarms of the blobs this node is downloading now, summed "
+            "(divide by p2pull_swarms for the average swarm size)",
+            registry=r,
+        )
         self.chunks_verified = Counter(
             "p2pull_chunks_verified", "Chunks whose sha256 was checked and stored", registry=r
         )

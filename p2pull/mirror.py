@@ -51,6 +51,7 @@ class _BlobBody:
     reader: BlobReader | PassThroughReader
     offset: int
     metrics: Metrics
+    received: float  # when the request arrived: time to first byte is measured from it
 
     async def send(self, sink: BodySink) -> None:
         by_source: dict[str, int] = {}
@@ -58,6 +59,8 @@ class _BlobBody:
         outcome = "error"
 
         def count(source: str, sent: int) -> None:
+            if not by_source:
+                self.metrics.first_byte.observe(time.perf_counter() - self.received)
             self.metrics.served_bytes.labels(source).inc(sent)
             by_source[source] = by_source.get(source, 0) + sent
 
@@ -208,13 +211,17 @@ class Mirror:
             raise StoreFull(f"{digest}: the store is full and a range cannot be verified")
         if byte_range is None:
             headers = self._blob_headers(digest, reader.size, reader.size)
-            return Response(200, headers, _BlobBody(reader.size, reader, 0, self._metrics))
+            return Response(
+                200, headers, _BlobBody(reader.size, reader, 0, self._metrics, request.received)
+            )
         headers = self._blob_headers(digest, byte_range.length, reader.size)
         headers.append(
             ("content-range", f"bytes {byte_range.start}-{byte_range.end}/{reader.size}")
         )
         return Response(
-            206, headers, _BlobBody(byte_range.length, reader, byte_range.start, self._metrics)
+            206,
+            headers,
+            _BlobBody(byte_range.length, reader, byte_range.start, self._metrics, request.received),
         )
 
     @staticmethod

@@ -61,7 +61,9 @@ async def test_status_prefetch_purge(tmp_path: Path, capsys: pytest.CaptureFixtu
             async with swarm(tmp_path, origin, 2) as nodes:
                 mirror = nodes[0].mirror_url
                 image = f"{origin.netloc}/team/app:v1"
-                args = argparse.Namespace(mirror=mirror, images=[image], platform="linux/amd64")
+                args = argparse.Namespace(
+                    mirror=mirror, images=[image], platform="linux/amd64", all_nodes=False
+                )
                 assert await run_prefetch(args) == 0
                 store = nodes[0].agent.store
                 assert store is not None
@@ -90,4 +92,39 @@ async def test_status_prefetch_purge(tmp_path: Path, capsys: pytest.CaptureFixtu
                 assert store.digests() == []
                 out = capsys.readouterr().out
                 assert f"{layer_digests[0]}: removed" in out
+            nursery.cancel_scope.cancel()
+
+
+async def test_prefetch_all_nodes_makes_every_node_fetch(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    layers = [tar_layer({"w.bin": rng.randbytes(2 * MiB)}), tar_layer({"x": rng.randbytes(MiB)})]
+    origin = TestOrigin()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(origin.run)
+            _, layer_digests = origin.add_image("team/big", "v2", layers)
+            async with swarm(tmp_path, origin, 3) as nodes:
+                args = argparse.Namespace(
+                    mirror=nodes[0].mirror_url,
+                    images=[f"{origin.netloc}/team/big:v2"],
+                    platform="linux/amd64",
+                    all_nodes=True,
+                )
+                assert await run_prefetch(args) == 0
+
+                def everywhere() -> bool:
+                    for node in nodes:
+                        assert node.agent.store is not None
+                        for digest in layer_digests:
+                            blob = node.agent.store.lookup(digest)
+                            if blob is None or not blob.complete:
+                                return False
+                    return True
+
+                # the other nodes fetch in the background and nothing on this side signals when
+                # they are done: wait for it, bounded by the test's deadline
+                while not everywhere():  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+                layer_bytes = sum(len(layer) for layer in layers)
+                assert origin.bytes_sent < 1.2 * layer_bytes + 64 * 1024  # about once
             nursery.cancel_scope.cancel()

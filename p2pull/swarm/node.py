@@ -92,6 +92,9 @@ class SwarmNode:
         self._nursery: trio.Nursery | None = None
         metrics.peer_links.set_function(lambda: len(self.pool.links))
         metrics.swarms.set_function(lambda: len(self.swarms))
+        metrics.swarm_members.set_function(
+            lambda: sum(len(swarm.peer_bits) for swarm in self.swarms.values())
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(
