@@ -50,7 +50,7 @@ class AgentConfig:
     min_free_disk: int = 2 << 30
     upload_rate: int = 0
     download_rate: int = 0
-    max_uploads: int = 16
+    max_uploads: int = 4
     log_level: str = "INFO"
     log_format: str = "json"
 
@@ -118,7 +118,7 @@ def add_agent_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str])
     )
     opt("--upload-rate", default="0", help="bytes/s to peers, all together (0: unlimited)")
     opt("--download-rate", default="0", help="bytes/s from peers and origin (0: unlimited)")
-    opt("--max-uploads", default="16", help="chunks uploaded to peers at once")
+    opt("--max-uploads", default="4", help="chunks uploaded to peers at once")
     opt("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     opt("--log-format", default="json", choices=("json", "text"), help="log line format")
 

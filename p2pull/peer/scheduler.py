@@ -20,6 +20,7 @@ order give the same answers, whatever the dicts' insertion order.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ class Scheduler:
         request_timeout: float = 10.0,
         endgame_duplicates: int = 2,
         stall_penalty: float = 5.0,
+        salt: bytes = b"",
     ) -> None:
         if max_in_flight_per_peer < 1 or endgame_duplicates < 1:
             raise ValueError("max_in_flight_per_peer and endgame_duplicates must be >= 1")
@@ -54,6 +56,14 @@ class Scheduler:
         self.request_timeout = request_timeout
         self.endgame_duplicates = endgame_duplicates
         self.stall_penalty = stall_penalty
+        # Ties in rarity are broken by a per-node order (the node's id as ``salt``), so nodes
+        # that all see the same availability do not all ask for the same chunk first; without
+        # a salt, by lowest index.
+        self._tie = (
+            [hashlib.sha256(salt + i.to_bytes(8, "big")).digest()[:4] for i in range(chunk_count)]
+            if salt
+            else None
+        )
         self._have = Bitfield(chunk_count)  # ValueError if chunk_count < 0
         self._missing = set(range(chunk_count))  # the same, for fast iteration
         self._peers: dict[str, Bitfield] = {}
@@ -219,8 +229,9 @@ class Scheduler:
         window, availability, in_flight = self._window, self._availability, self._by_chunk
         yield from (i for i in window if self._needed(i) and availability[i])
         rest = [i for i in self._missing if availability[i] and i not in in_flight]
-        rest.sort()
-        rest.sort(key=availability.__getitem__)  # stable: rarest first, then lowest index
+        tie = self._tie
+        rest.sort(key=tie.__getitem__ if tie is not None else None)
+        rest.sort(key=availability.__getitem__)  # stable: rarest first, then the tie order
         yield from (i for i in rest if i not in window)
 
     def _in_endgame(self) -> bool:

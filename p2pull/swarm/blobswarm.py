@@ -89,9 +89,11 @@ class BlobSwarm:
                     self._broadcast(Unavailable(self.digest, str(self._origin_error)[:1000]))
                     failed = self._origin_error
                     break
-                with trio.move_on_after(TICK):
-                    kind, peer, item = await self._inbox.receive()
-                    await self._handle(kind, peer, item)
+                event = None
+                with trio.move_on_after(TICK):  # only the wait: never cut a handler short
+                    event = await self._inbox.receive()
+                if event is not None:
+                    await self._handle(*event)
                 await self._pump()
             nursery.cancel_scope.cancel()
         if failed is not None:
@@ -334,6 +336,7 @@ class BlobSwarm:
             chunk_count=count,
             max_in_flight_per_peer=config.max_in_flight_per_peer,
             request_timeout=config.request_timeout,
+            salt=self.node.node_id.encode(),
         )
         self._announced = Bitfield(count)
         for index in blob.bitfield.present():

@@ -30,7 +30,7 @@ from p2pull.peer.messages import (
 from p2pull.ratelimit import UNLIMITED, RateLimiter
 from p2pull.reference import Digest, validate_name
 from p2pull.store.types import BlobStore
-from p2pull.swarm.blobswarm import BlobSwarm, blob_info
+from p2pull.swarm.blobswarm import BlobSwarm, Role, blob_info
 from p2pull.swarm.links import PeerLink, PeerPool
 from p2pull.transfer import Transfer
 
@@ -42,9 +42,9 @@ class SwarmConfig:
     member: Member  # this node as the others know it (advertised address)
     secret: bytes
     bind_host: str = "0.0.0.0"
-    request_timeout: float = 10.0
+    request_timeout: float = 30.0  # a 4 MiB piece behind a few others on a slow uplink
     max_in_flight_per_peer: int = 4
-    upload_slots: int = 16
+    upload_slots: int = 4  # few pieces at once: each finishes fast, requests do not expire
     max_requests_per_link: int = 64
     window: int = 4
     peers_handout: int = 32
@@ -52,6 +52,8 @@ class SwarmConfig:
     connect_timeout: float = 5.0
     max_chunk_size: int = 64 * 1024 * 1024
     upload_rate: float = 0.0  # bytes/s to all peers together; 0: unlimited
+    seed_copies: int = 2  # while seeding, uploads of one chunk per seed_window (0: no cap)
+    seed_window: float = 5.0
 
 
 class SwarmNode:
@@ -89,6 +91,7 @@ class SwarmNode:
         self.upload_limit = RateLimiter(config.upload_rate)
         self.download_limit = download_limit  # shared with the origin fetcher: one node budget
         self._requests: dict[str, int] = {}
+        self._seeded: dict[tuple[str, int], list[float]] = {}  # chunk -> recent seed uploads
         self._nursery: trio.Nursery | None = None
         metrics.peer_links.set_function(lambda: len(self.pool.links))
         metrics.swarms.set_function(lambda: len(self.swarms))
@@ -116,6 +119,8 @@ class SwarmNode:
         finally:
             if self.swarms.get(transfer.digest) is swarm:
                 del self.swarms[transfer.digest]
+            digest = str(transfer.digest)
+            self._seeded = {key: t for key, t in self._seeded.items() if key[0] != digest}
 
     def _swarm(self, transfer: Transfer) -> BlobSwarm:
         swarm = self.swarms.get(transfer.digest)
@@ -176,8 +181,29 @@ class SwarmNode:
         if outstanding >= self.config.max_requests_per_link or self._nursery is None:
             link.send(Reject(request.digest, request.index, "busy"))
             return
+        if self._seeding_spent(request):
+            link.send(Reject(request.digest, request.index, "seeded: ask the peers"))
+            return
         self._requests[link.peer_id] = outstanding + 1
         self._nursery.start_soon(self._upload, link, request)
+
+    def _seeding_spent(self, request: Request) -> bool:
+        """Super-seeding: while this node seeds a blob from the origin, each chunk goes to at
+        most ``seed_copies`` peers per ``seed_window`` seconds; the others get it from
+        those peers (they announce it with a Have at once). Without this the seed's uplink
+        carries the blob once per node and the swarm is no faster than direct pulls."""
+        swarm = self.swarms.get(Digest.parse(request.digest))
+        if swarm is None or swarm.role is not Role.SEED or self.config.seed_copies <= 0:
+            return False
+        now = self.clock()
+        key = (request.digest, request.index)
+        recent = [t for t in self._seeded.get(key, ()) if now - t < self.config.seed_window]
+        if len(recent) >= self.config.seed_copies:
+            self._seeded[key] = recent
+            return True
+        recent.append(now)
+        self._seeded[key] = recent
+        return False
 
     async def _upload(self, link: PeerLink, request: Request) -> None:
         try:

@@ -1,0 +1,409 @@
+"""Swarm benchmark (the issue's pull storm): N shaped nodes pull the same content at once.
+
+    python3 bench/swarm_bench.py --nodes 8 --rate-mbit 200 --size 128MiB [--layers 1] \
+        [--rtt-ms 0] [--strategy p2pull,direct] [--discovery static|mdns] \
+        [--out bench/results/swarm.json] [--py-spy DIR]
+
+Run as root. For each strategy a fresh network of namespaces is built (``tests/netns.py``): host 0
+runs the origin (``python -m p2pull.testing.serve``), hosts 1..N are the nodes; every host's link
+is shaped to ``--rate-mbit`` in both directions (the origin's too), optionally with ``--rtt-ms``
+of delay (netem under the tbf). Strategies:
+
+- ``direct``: every node pulls straight from the origin, all at once (curl).
+- ``p2pull``: every node runs an agent (static peers by default: same data path as mDNS, no
+  convergence wait) and pulls through its own mirror, all at once (curl).
+
+With ``--layers K`` the origin serves K blobs that split ``--size`` and each node fetches all of
+them in parallel (as containerd does). Reported per strategy: origin egress / size from the
+origin host's interface counters (wire bytes, and wire bytes minus per-packet header bytes) and
+from the origin's own count; per-node completion time (p50, max); the bandwidth lower bound
+``size / min(node rate, origin rate)``; slowest / lower bound; CPU seconds per agent during the
+pull (utime + stime from /proc). ``--py-spy DIR`` records each agent with py-spy during the pull
+(raw collapsed stacks, one file per agent). ``--launcher FILE`` runs ``python FILE agent ...``
+instead of ``python -m agent agent ...``: a way to try swarm tunings without editing the agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import trio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from agent.config import parse_size  # noqa: E402
+from tests.netns import Host, NetnsError, Network, netns_missing, netns_network  # noqa: E402
+
+NAME = "bench/model"
+MIRROR_PORT, PEER_PORT, METRICS_PORT = 5050, 5051, 9395
+FRAME_OVERHEAD = 66  # Ethernet + IPv4 + TCP with timestamps, per packet the interface counts
+SECRET = "swarm-bench-cluster-secret-0123456789"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+# Runs in a node's namespace: wait for the common start instant, fetch every URL in parallel with
+# curl (to /dev/null, so the client is not the bottleneck), report one JSON line.
+CLIENT = """
+import json, subprocess, sys, time
+start_at, urls = float(sys.argv[1]), sys.argv[2:]
+argv = ["curl", "-s", "--noproxy", "*", "--max-time", "900", "-Z", "--parallel-max", "64",
+        "-w", "%{http_code} %{size_download}\\n"]
+for url in urls:
+    argv += ["-o", "/dev/null", url]
+time.sleep(max(0.0, start_at - time.time()))
+began = time.time()
+out = subprocess.run(argv, capture_output=True, text=True).stdout.split()
+seconds = time.time() - began
+codes, sizes = out[0::2], [int(s) for s in out[1::2]]
+print(json.dumps({"seconds": seconds, "codes": codes, "bytes": sum(sizes)}))
+"""
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / TICKS, sum(fields) / TICKS
+
+
+async def read_json_line(process: trio.Process) -> dict[str, Any]:
+    assert process.stdout is not None
+    buffer = b""
+    while b"\n" not in buffer:
+        data = await process.stdout.receive_some()
+        if not data:
+            raise RuntimeError(f"process exited before its JSON line: {buffer!r}")
+        buffer += data
+    return dict(json.loads(buffer.split(b"\n", 1)[0]))
+
+
+async def iface_tx(net: Network, host: Host) -> tuple[int, int]:
+    stats = f"/sys/class/net/{host.dev}/statistics"
+    out = await net.run(host, "cat", f"{stats}/tx_bytes", f"{stats}/tx_packets")
+    tx_bytes, tx_packets = out.stdout.split()
+    return int(tx_bytes), int(tx_packets)
+
+
+async def add_delay(net: Network, rtt_ms: float, rate_bit: int) -> None:
+    """Half the RTT as netem delay on each host's egress, under a tbf at the link rate."""
+    burst = max(rate_bit // 8 // 100, 16_000)
+    for host in net.hosts:
+        await net.run(
+            host, "tc", "qdisc", "replace", "dev", host.dev, "root", "handle", "1:", "tbf",
+            "rate", f"{rate_bit}bit", "burst", str(burst), "latency", "200ms",
+        )  # fmt: skip
+        try:
+            await net.run(
+                host, "tc", "qdisc", "add", "dev", host.dev, "parent", "1:1", "handle", "10:",
+                "netem", "delay", f"{rtt_ms / 2}ms", "limit", "100000",
+            )  # fmt: skip
+        except NetnsError as exc:
+            raise SystemExit(f"swarm_bench: --rtt-ms needs the netem qdisc: {exc}") from None
+
+
+class AgentLog:
+    """Drains one agent's stderr into a file and remembers the lines that matter here."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ready = False
+        self.joined: set[str] = set()
+        self.changed = trio.Event()
+
+    async def drain(self, process: trio.Process) -> None:
+        assert process.stderr is not None
+        buffer = b""
+        with self.path.open("wb") as log:
+            async for data in process.stderr:
+                log.write(data)
+                *lines, buffer = (buffer + data).split(b"\n")
+                for line in lines:
+                    text = line.decode(errors="replace")
+                    self.ready = self.ready or "agent ready" in text
+                    if " joined" in text and "mDNS: " in text:
+                        self.joined.add(text.split("mDNS: ", 1)[1].split(" ", 1)[0])
+                self.changed.set()
+                self.changed = trio.Event()
+
+
+@contextlib.asynccontextmanager
+async def profilers(directory: Path | None, pids: list[int]) -> AsyncIterator[None]:
+    """py-spy record on each pid while the body runs; SIGINT makes it write its file."""
+    processes: list[trio.Process] = []
+    if directory is not None:
+        os.makedirs(directory, exist_ok=True)
+        for index, pid in enumerate(pids, start=1):
+            out = str(directory / f"agent{index}.txt")
+            argv = ["py-spy", "record", "--pid", str(pid), "--rate", "50", "--format", "raw"]
+            argv += ["--nonblocking", "-o", out]
+            quiet = subprocess.DEVNULL
+            processes.append(await trio.lowlevel.open_process(argv, stdout=quiet, stderr=quiet))
+        await trio.sleep(1.0)  # py-spy attaches
+    try:
+        yield
+    finally:
+        with trio.CancelScope(shield=True):
+            for process in processes:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGINT)
+            for process in processes:
+                with trio.move_on_after(20):
+                    await process.wait()
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+
+
+async def run_strategy(strategy: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    rate_bit = int(args.rate_mbit * 1_000_000)
+    (workdir / strategy / "logs").mkdir(parents=True)
+    async with netns_network(1 + args.nodes, rate_bit=rate_bit) as net:
+        if args.rtt_ms > 0:
+            await add_delay(net, args.rtt_ms, rate_bit)
+        return await run_on(net, strategy, args, workdir)
+
+
+async def run_on(
+    net: Network, strategy: str, args: argparse.Namespace, workdir: Path
+) -> dict[str, Any]:
+    rate_bit = int(args.rate_mbit * 1_000_000)
+    logdir = workdir / strategy / "logs"
+    env = clean_env()
+    async with trio.open_nursery() as nursery:
+        origin_host, nodes = net.hosts[0], net.hosts[1:]
+        serve_argv = [
+            sys.executable, "-m", "p2pull.testing.serve", "--host", origin_host.ip, "--port", "0",
+            "--name", NAME, "--size", str(args.size_bytes), "--seed", "1",
+        ]  # fmt: skip
+        if args.layers > 1:
+            serve_argv += ["--layers", str(args.layers)]
+        with (logdir / "origin.log").open("wb") as err:
+            serve = await net.start(origin_host, *serve_argv, env=env, stderr=err, cwd=str(ROOT))
+        served = await read_json_line(serve)
+        size, digests = int(served["size"]), list(served["digests"])
+        agents: list[trio.Process] = []
+        if strategy == "p2pull":
+            agents = await start_agents(net, nursery, args, workdir / strategy, served, logdir)
+            targets = [f"http://{h.ip}:{MIRROR_PORT}" for h in nodes]
+            query = f"?ns={served['netloc']}"
+        else:
+            targets, query = [served["url"]] * len(nodes), ""
+        cpu_before = [cpu_seconds(a.pid) for a in agents]
+        origin_cpu_before = cpu_seconds(serve.pid)
+        tx_before, packets_before = await iface_tx(net, origin_host)
+        start_at = time.time() + 2.0
+        clients = []
+        profile_dir = Path(args.py_spy) / strategy if args.py_spy and agents else None
+        async with profilers(profile_dir, [a.pid for a in agents]):
+            start_at = max(start_at, time.time() + 0.5)
+            for host, target in zip(nodes, targets, strict=True):
+                urls = [f"{target}/v2/{NAME}/blobs/{d}{query}" for d in digests]
+                argv = [sys.executable, "-c", CLIENT, f"{start_at:.3f}", *urls]
+                with (logdir / f"client{host.index}.log").open("wb") as err:
+                    clients.append(await net.start(host, *argv, env=env, stderr=err))
+            await trio.sleep(max(0.0, start_at - time.time()))
+            machine_before = machine_cpu()  # the clients begin now
+            results = [await read_json_line(client) for client in clients]
+            machine_after = machine_cpu()
+        tx_after, packets_after = await iface_tx(net, origin_host)
+        cpu = [cpu_seconds(a.pid) - b for a, b in zip(agents, cpu_before, strict=True)]
+        origin_cpu = cpu_seconds(serve.pid) - origin_cpu_before
+        sources = [await agent_metrics(net, host) for host in nodes] if agents else []
+        serve.send_signal(signal.SIGTERM)
+        app_sent = int((await read_json_line(serve))["bytes_sent"])
+        nursery.cancel_scope.cancel()
+    failed = [r for r in results if set(r["codes"]) != {"200"} or r["bytes"] != size]
+    times = sorted(r["seconds"] for r in results)
+    lower_bound = size * 8 / rate_bit  # node and origin links have the same rate here
+    wire = tx_after - tx_before
+    busy = machine_after[0] - machine_before[0]
+    machine_busy = busy / max(machine_after[1] - machine_before[1], 1e-9)
+    payload = wire - FRAME_OVERHEAD * (packets_after - packets_before)
+    return {
+        "strategy": strategy,
+        "nodes": args.nodes,
+        "size": size,
+        "layers": len(digests),
+        "rate_mbit": args.rate_mbit,
+        "rtt_ms": args.rtt_ms,
+        "ok": not failed,
+        "failed": failed,
+        "origin_egress_wire": round(wire / size, 4),
+        "origin_egress_payload": round(payload / size, 4),
+        "origin_egress_app": round(app_sent / size, 4),
+        "times": [round(t, 3) for t in times],
+        "p50_s": round(statistics.median(times), 3),
+        "max_s": round(times[-1], 3),
+        "lower_bound_s": round(lower_bound, 3),
+        "slowest_over_lower_bound": round(times[-1] / lower_bound, 3),
+        "agent_cpu_s": [round(c, 2) for c in cpu],
+        "origin_cpu_s": round(origin_cpu, 2),
+        "machine_cpus": os.cpu_count(),
+        "machine_busy_cpu_s": round(busy, 2),
+        "machine_busy_fraction": round(machine_busy, 3),  # from the clients' start to the end
+        "agent_sources": sources,
+    }
+
+
+async def start_agents(
+    net: Network,
+    nursery: trio.Nursery,
+    args: argparse.Namespace,
+    workdir: Path,
+    served: dict[str, Any],
+    logdir: Path,
+) -> list[trio.Process]:
+    nodes = net.hosts[1:]
+    secret = workdir / "secret"
+    secret.write_text(SECRET)
+    peers = ",".join(f"{h.ip}:{PEER_PORT}" for h in nodes)
+    discovery = ["--discovery", "mdns"]
+    if args.discovery == "static":
+        discovery = ["--discovery", "static", "--peers", peers]
+    agents, logs = [], []
+    for host in nodes:
+        log = AgentLog(logdir / f"agent{host.index}.log")
+        launcher = [args.launcher] if args.launcher else ["-m", "agent"]
+        agent = await net.start(
+            host, sys.executable, *launcher, "agent",
+            "--mirror-addr", f"{host.ip}:{MIRROR_PORT}",
+            "--metrics-addr", f"{host.ip}:{METRICS_PORT}",
+            "--peer-addr", f"{host.ip}:{PEER_PORT}", "--advertise-addr", host.ip,
+            "--data-dir", str(workdir / f"node{host.index}"),
+            "--upstream", f"{served['netloc']}={served['url']}", *discovery,
+            "--cluster-secret-file", str(secret), "--chunk-size", args.chunk_size,
+            "--log-level", args.log_level, "--log-format", "text",
+            env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(ROOT),
+        )  # fmt: skip
+        nursery.start_soon(log.drain, agent)
+        agents.append(agent)
+        logs.append(log)
+    with trio.fail_after(60):
+        for log, host in zip(logs, nodes, strict=True):
+            want = {f"{h.ip}:{PEER_PORT}" for h in nodes} - {f"{host.ip}:{PEER_PORT}"}
+            while not log.ready or (args.discovery == "mdns" and not want <= log.joined):
+                await log.changed.wait()
+    return agents
+
+
+async def agent_metrics(net: Network, host: Host) -> dict[str, float]:
+    url = f"http://{host.ip}:{METRICS_PORT}/metrics"
+    out = await net.run(host, "curl", "-sf", "--noproxy", "*", url, check=False)
+    wanted = {
+        'p2pull_fetched_bytes_total{source="peer"}': "from_peers",
+        'p2pull_fetched_bytes_total{source="origin"}': "from_origin",
+        "p2pull_peer_upload_bytes_total": "uploaded",
+    }
+    found: dict[str, float] = {}
+    for line in out.stdout.decode().splitlines():
+        key, _, value = line.rpartition(" ")
+        if key in wanted:
+            found[wanted[key]] = float(value)
+    return found
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    rows = [
+        "| strategy | origin egress (wire / payload / app) x size | p50 s | max s | lower bound s "
+        "| slowest / LB | agent CPU s (mean / max) | machine CPU busy | ok |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        cpu = r["agent_cpu_s"]
+        cpu_text = f"{statistics.mean(cpu):.1f} / {max(cpu):.1f}" if cpu else "-"
+        rows.append(
+            f"| {r['strategy']} | {r['origin_egress_wire']:.3f} / {r['origin_egress_payload']:.3f}"
+            f" / {r['origin_egress_app']:.3f} | {r['p50_s']:.2f} | {r['max_s']:.2f} "
+            f"| {r['lower_bound_s']:.2f} | {r['slowest_over_lower_bound']:.2f} | {cpu_text} "
+            f"| {100 * r['machine_busy_fraction']:.0f}% of {r['machine_cpus']} "
+            f"| {'yes' if r['ok'] else 'NO'} |"
+        )
+    return "\n".join(rows)
+
+
+async def amain(args: argparse.Namespace) -> list[dict[str, Any]]:
+    workdir = Path(tempfile.mkdtemp(prefix="p2pull-swarm-bench-", dir=args.workdir))
+    results = []
+    try:
+        for strategy in args.strategies:
+            print(f"== {strategy}: {args.nodes} nodes, {args.size}, {args.rate_mbit} Mbit/s",
+                  flush=True)  # fmt: skip
+            result = await run_strategy(strategy, args, workdir)
+            print(json.dumps({k: v for k, v in result.items() if k != "agent_sources"}),
+                  flush=True)  # fmt: skip
+            results.append(result)
+    finally:
+        if args.keep:
+            print(f"logs and stores kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=8)
+    parser.add_argument("--rate-mbit", type=float, default=200.0)
+    parser.add_argument("--size", default="128MiB")
+    parser.add_argument("--layers", type=int, default=1)
+    parser.add_argument("--rtt-ms", type=float, default=0.0)
+    parser.add_argument("--strategy", default="p2pull,direct")
+    parser.add_argument("--discovery", choices=("static", "mdns"), default="static")
+    parser.add_argument("--chunk-size", default="4MiB", help="the agents' --chunk-size")
+    parser.add_argument("--log-level", default="INFO", help="the agents' --log-level")
+    parser.add_argument("--py-spy", default=None, help="record agents with py-spy into DIR")
+    parser.add_argument(
+        "--launcher",
+        default=None,
+        help="a Python file run instead of `-m agent` (same arguments), to try tunings",
+    )
+    parser.add_argument("--workdir", default=None, help="parent of the stores and logs")
+    parser.add_argument("--keep", action="store_true", help="keep stores and logs")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "swarm.json"))
+    args = parser.parse_args()
+    reason = netns_missing()
+    if reason is not None:
+        print(f"swarm_bench: {reason}", file=sys.stderr)
+        return 2
+    args.size_bytes = parse_size(args.size)
+    args.strategies = [s.strip() for s in args.strategy.split(",") if s.strip()]
+    if not set(args.strategies) <= {"p2pull", "direct"} or not args.strategies:
+        parser.error("--strategy: a comma-separated list of p2pull and direct")
+    if args.nodes < 1 or args.layers < 1 or args.size_bytes < args.layers:
+        parser.error("--nodes and --layers must be >= 1, --size at least one byte per layer")
+    results = trio.run(amain, args)
+    print()
+    print(table(results))
+    config = {k: v for k, v in vars(args).items() if k not in ("strategies",)}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"config": config, "results": results}, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
