@@ -60,6 +60,9 @@ def add_admin_commands(commands: Any) -> None:
     mirror_flag(purge)
     purge.add_argument("targets", nargs="+", metavar="DIGEST|IMAGE")
     purge.add_argument("--platform", default="linux/amd64")
+    purge.add_argument(
+        "--all-nodes", action="store_true", help="also drop them on every other live node"
+    )
 
 
 async def _call(client: httpx.AsyncClient, method: str, url: str) -> httpx.Response:
@@ -205,9 +208,14 @@ async def run_purge(args: argparse.Namespace) -> int:
                 ref = parse_image(target)
                 image = await resolve(client, args.mirror, ref, platform=args.platform)
                 digests = [*image.manifests, *(blob.digest for blob in image.blobs)]
+            everywhere = "?all_nodes=1" if getattr(args, "all_nodes", False) else ""
             for digest in digests:
-                response = await _call(client, "DELETE", f"{args.mirror}{ADMIN}/blobs/{digest}")
-                message = response.json().get("error") if response.status_code != 200 else "removed"
+                url = f"{args.mirror}{ADMIN}/blobs/{digest}{everywhere}"
+                response = await _call(client, "DELETE", url)
+                answer = response.json()
+                message = answer.get("error") or "removed"
+                if "nodes_told" in answer:
+                    message += f"; sent to {len(answer['nodes_told'])} other nodes"
                 print(f"{digest}: {message}")
                 failed += response.status_code not in (200, 404)
     return 1 if failed else 0

@@ -21,7 +21,7 @@ from p2pull.httpserver import Request, Response
 from p2pull.membership import Member, Membership
 from p2pull.metrics import Metrics
 from p2pull.mirror import NS_RE
-from p2pull.peer.messages import Interested
+from p2pull.peer.messages import Interested, Message, Purge
 from p2pull.reference import Digest, validate_name
 from p2pull.store.types import BlobStore
 from p2pull.swarm.node import SwarmNode
@@ -64,16 +64,24 @@ class Admin:
         if request.path == f"{PREFIX}status" and request.method == "GET":
             return _json(200, self.status())
         if path.startswith("blobs/") and request.method == "DELETE":
-            return await self._purge(path.removeprefix("blobs/"))
+            return await self._purge(
+                path.removeprefix("blobs/"), all_nodes=request.query.get("all_nodes") == "1"
+            )
         if path == "prefetch" and request.method == "POST":
             return await self._prefetch(request.query)
         return _json(404, {"error": f"no admin endpoint {request.method} {request.path[:100]}"})
 
-    async def _purge(self, raw: str) -> Response:
+    async def _purge(self, raw: str, *, all_nodes: bool) -> Response:
         try:
             digest = Digest.parse(raw)
         except P2pullError as exc:
             return _json(400, {"error": str(exc)})
+        if all_nodes:
+            told, unreachable = await self._tell_everyone([Purge(str(digest))])
+            local = await self._purge(raw, all_nodes=False)
+            answer = json.loads(local.body if isinstance(local.body, bytes) else b"{}")
+            answer.update({"nodes_told": told, "unreachable": unreachable})
+            return _json(200 if local.status in (200, 404) else local.status, answer)
         if digest in self._blobs.transfers:
             return _json(409, {"error": f"{digest} is being downloaded; try again when done"})
         blob = self._store.lookup(digest)
@@ -95,30 +103,41 @@ class Admin:
         except P2pullError as exc:
             return _json(400, {"error": str(exc)})
         started = sum(self._blobs.ensure(ns, name, d) is not None for d in digests)
-        node, membership = self._node(), self._membership()
         told: list[str] = []
         unreachable: list[str] = []
-        if query.get("all_nodes") == "1" and node is not None and membership is not None:
-            me = membership.self_member.node_id
-            others = [m for m in membership.live(now=trio.current_time()) if m.node_id != me]
-
-            async def tell(member: Member) -> None:
-                try:
-                    link = await node.pool.connect(member)
-                except P2pullError:
-                    unreachable.append(member.node_id)
-                    return
-                for digest in digests:
-                    link.send(Interested(str(digest), name, ns))
-                told.append(member.node_id)
-
-            async with trio.open_nursery() as nursery:
-                for member in others:
-                    nursery.start_soon(tell, member)
+        if query.get("all_nodes") == "1":
+            told, unreachable = await self._tell_everyone(
+                [Interested(str(digest), name, ns) for digest in digests]
+            )
         return _json(
             200,
             {"started_here": started, "nodes_told": sorted(told), "unreachable": unreachable},
         )
+
+    async def _tell_everyone(self, messages: list[Message]) -> tuple[list[str], list[str]]:
+        """Send ``messages`` to every live member; returns (told, unreachable) node ids."""
+        node, membership = self._node(), self._membership()
+        told: list[str] = []
+        unreachable: list[str] = []
+        if node is None or membership is None:
+            return told, unreachable
+        me = membership.self_member.node_id
+        others = [m for m in membership.live(now=trio.current_time()) if m.node_id != me]
+
+        async def tell(member: Member) -> None:
+            try:
+                link = await node.pool.connect(member)
+            except P2pullError:
+                unreachable.append(member.node_id)
+                return
+            for message in messages:
+                link.send(message)
+            told.append(member.node_id)
+
+        async with trio.open_nursery() as nursery:
+            for member in others:
+                nursery.start_soon(tell, member)
+        return sorted(told), sorted(unreachable)
 
     def _served(self) -> dict[str, float]:
         registry = self._metrics.registry

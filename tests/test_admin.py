@@ -127,4 +127,22 @@ async def test_prefetch_all_nodes_makes_every_node_fetch(tmp_path: Path) -> None
                     await trio.sleep(0.05)
                 layer_bytes = sum(len(layer) for layer in layers)
                 assert origin.bytes_sent < 1.2 * layer_bytes + 64 * 1024  # about once
+
+                purge = argparse.Namespace(
+                    mirror=nodes[0].mirror_url, targets=[str(layer_digests[0])], all_nodes=True
+                )
+                assert await run_purge(purge) == 0
+
+                def gone_everywhere() -> bool:
+                    return all(
+                        n.agent.store is not None and n.agent.store.lookup(layer_digests[0]) is None
+                        for n in nodes
+                    )
+
+                while not gone_everywhere():  # noqa: ASYNC110 - other nodes act in the background
+                    await trio.sleep(0.05)
+                assert all(
+                    n.agent.store is not None and n.agent.store.lookup(layer_digests[1]) is not None
+                    for n in nodes
+                )
             nursery.cancel_scope.cancel()

@@ -25,6 +25,7 @@ from p2pull.peer.messages import (
     Message,
     Peers,
     Piece,
+    Purge,
     Reject,
     Request,
     Unavailable,
@@ -61,6 +62,7 @@ CODES = {
     Reject: 9,
     Unavailable: 10,
     Bye: 11,
+    Purge: 12,
 }
 
 SAMPLES: list[tuple[str, Message]] = [
@@ -84,6 +86,7 @@ SAMPLES: list[tuple[str, Message]] = [
     ("unavailable", Unavailable(D, "origin answered 404")),
     ("bye", Bye("shutting down")),
     ("bye-empty-reason", Bye("")),
+    ("purge", Purge(D)),
 ]
 
 

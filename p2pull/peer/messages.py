@@ -145,7 +145,14 @@ class Bye:
     reason: str
 
 
-_Blobs: TypeAlias = Interested | BlobInfo | Have | Peers | Unavailable
+@dataclass(frozen=True, slots=True)
+class Purge:
+    """An operator asked to drop this blob from every node (``p2pull purge --all-nodes``)."""
+
+    digest: str
+
+
+_Blobs: TypeAlias = Interested | BlobInfo | Have | Peers | Unavailable | Purge
 _Chunks: TypeAlias = Request | Piece | Cancel | Reject
 Message: TypeAlias = Hello | Auth | _Blobs | _Chunks | Bye
 
@@ -281,6 +288,7 @@ _KINDS: dict[type, _Kind] = {
     Reject: _kind(9, Reject, _digest, _index, _reason),
     Unavailable: _kind(10, Unavailable, _digest, _reason),
     Bye: _kind(11, Bye, _reason),
+    Purge: _kind(12, Purge, _digest),
 }
 _BY_CODE: dict[int, _Kind] = {kind.code: kind for kind in _KINDS.values()}
 HELLO_CODE = _KINDS[Hello].code

@@ -23,6 +23,7 @@ from p2pull.peer.messages import (
     Interested,
     Message,
     Piece,
+    Purge,
     Reject,
     Request,
     Unavailable,
@@ -152,6 +153,9 @@ class SwarmNode:
         if isinstance(message, Cancel | Hello | Auth):
             return  # a Cancel'd piece may already be queued; sending it anyway is harmless
         digest = Digest.parse(message.digest)  # decode() already checked the grammar
+        if isinstance(message, Purge):
+            await self.purge(digest, origin=link.peer_id)
+            return
         swarm = self.swarms.get(digest)
         if swarm is not None:
             await swarm.inbox.send(("msg", link.peer_id, message))
@@ -175,6 +179,15 @@ class SwarmNode:
             await self._on_interested(link, digest, message)  # it completed meanwhile
             return
         await self._swarm(transfer).inbox.send(("msg", link.peer_id, message))
+
+    async def purge(self, digest: Digest, *, origin: str) -> bool:
+        """Drop a blob on a peer's request (an operator's ``purge --all-nodes``); a blob being
+        downloaded or served right now stays."""
+        if digest in self.blobs.transfers or self.store.lookup(digest) is None:
+            return False
+        removed = await self.store.remove(digest)
+        log.info("purged %s at the request of %s", digest, origin)
+        return removed
 
     def _on_request(self, link: PeerLink, request: Request) -> None:
         outstanding = self._requests.get(link.peer_id, 0)
