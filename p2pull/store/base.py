@@ -107,6 +107,16 @@ class BlobBase:
             raise ChunkMismatch(f"chunk {index} of {self.digest}: {len(data)} bytes, want {length}")
         if self._have.has(index):
             return
+        if index == self._hashed and not self._hash_lock.locked():
+            # The common case of an in-order download: hash, write and fold into the whole-blob
+            # hash in one worker-thread trip.
+            async with self._hash_lock:
+                if index == self._hashed:
+                    await self._write_folding(index, offset, data, expected)
+                    await self._advance_locked()
+                    if self.dirty >= self.persist_every:
+                        await self._persist()
+                    return
         try:
             digest = await _maybe_thread(self._hash_and_write, offset, data, expected, size=length)
         except OSError as exc:
@@ -133,21 +143,49 @@ class BlobBase:
         self._pwrite(offset, data)
         return digest
 
+    async def _write_folding(
+        self, index: int, offset: int, data: bytes, expected: bytes | None
+    ) -> None:
+        """Hash, check, write and fold chunk ``index`` (== the hasher's position; lock held)."""
+
+        def work() -> bytes | None:
+            digest = self._hash_and_write(offset, data, expected)
+            if digest is not None:
+                self._hasher.update(data)
+            return digest
+
+        try:
+            digest = await _maybe_thread(work, size=len(data))
+        except OSError as exc:
+            raise StoreError(f"writing chunk {index} of {self.digest}: {exc}") from exc
+        if digest is None:
+            raise ChunkMismatch(f"chunk {index} of {self.digest} does not match its sha256")
+        self._hashed += 1  # folded, whoever marks it present
+        self._check_live()
+        if not self._have.has(index):
+            self._hashes[index] = digest
+            self._have.set(index)
+            self.dirty += 1
+
     async def _advance_hasher(self, *, known: tuple[int, bytes] | None = None) -> None:
         """Fold present chunks into the whole-blob hasher while they are contiguous."""
         async with self._hash_lock:
-            while self._hashed < self._have.length and self._have.has(self._hashed):
-                index = self._hashed
-                _, length = self.chunk_span(index)
-                if known is not None and known[0] == index:
-                    data = known[1]
-                else:
-                    maybe = await self._read_verified(index)
-                    if maybe is None:
-                        return
-                    data = maybe
-                await _maybe_thread(self._hasher.update, data, size=length)
-                self._hashed += 1
+            await self._advance_locked(known=known)
+
+    async def _advance_locked(self, *, known: tuple[int, bytes] | None = None) -> None:
+        """The body of _advance_hasher; the caller holds the hash lock."""
+        while self._hashed < self._have.length and self._have.has(self._hashed):
+            index = self._hashed
+            _, length = self.chunk_span(index)
+            if known is not None and known[0] == index:
+                data = known[1]
+            else:
+                maybe = await self._read_verified(index)
+                if maybe is None:
+                    return
+                data = maybe
+            await _maybe_thread(self._hasher.update, data, size=length)
+            self._hashed += 1
 
     async def _read_verified(self, index: int) -> bytes | None:
         """Read a present chunk back and check its recorded hash; drop it if it rotted."""
