@@ -112,8 +112,31 @@ async def _run_agent(args: argparse.Namespace) -> None:
                 break
 
 
+def _unwrap(error: BaseException) -> BaseException:
+    """The single error inside (nested) exception groups, as trio's nurseries deliver it."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _main(args)
+    except BaseExceptionGroup as group:
+        error = _unwrap(group)
+        if isinstance(error, ConfigError | P2pullError):
+            print(f"p2pull {args.command}: {error}", file=sys.stderr)
+            return 2
+        if isinstance(error, OSError) and error.errno is not None:
+            print(f"p2pull {args.command}: {error} (is another agent running?)", file=sys.stderr)
+            return 1
+        if isinstance(error, KeyboardInterrupt):
+            return 130
+        raise
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         if args.command == "agent":
             trio.run(_run_agent, args)

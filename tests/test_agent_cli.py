@@ -124,3 +124,22 @@ def test_demo_runs_end_to_end() -> None:
     # two nodes x two clients, and the origin sent the image once: the swarm shared it
     egress = next(line for line in result.stdout.splitlines() if line.startswith("origin egress"))
     assert float(egress.split("=")[1].split("x")[0]) == pytest.approx(1.0, abs=0.01)
+
+
+def test_agent_start_errors_are_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["agent", "--mirror-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"]
+    missing = tmp_path / "no-such-secret"
+    code = main([*base, "--data-dir", str(tmp_path / "d"), "--cluster-secret-file", str(missing)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"--cluster-secret-file: cannot read {missing}" in err and "Traceback" not in err
+    short = tmp_path / "short-secret"
+    short.write_text("tiny")
+    code = main([*base, "--data-dir", str(tmp_path / "d"), "--cluster-secret-file", str(short)])
+    assert code == 2 and "fewer than 16 bytes" in capsys.readouterr().err
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    assert main([*base, "--data-dir", str(not_a_dir / "sub")]) == 2
+    assert "cannot use data dir" in capsys.readouterr().err
