@@ -3,6 +3,7 @@ persistence: restart, crash, corruption and garbage on disk."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -891,3 +892,19 @@ async def test_disk_unusable_data_dir(tmp_path: Path) -> None:
         not_a_dir.write_bytes(b"")
         with pytest.raises(StoreError):
             await load(not_a_dir)
+
+
+async def test_concurrent_puts_of_one_small_blob(store_factory: StoreFactory) -> None:
+    """Two clients fetching the same manifest by tag both store it: both puts succeed."""
+    store = await store_factory(chunk_size=64)
+    data = b'{"schemaVersion": 2}' * 5
+    digest = Digest.of(data)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(
+                    functools.partial(store.put, digest, data, media_type="application/json")
+                )
+    blob = store.lookup(digest)
+    assert blob is not None and blob.complete
+    assert await blob.read(0, len(data)) == data

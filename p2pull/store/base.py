@@ -58,6 +58,7 @@ class BlobBase:
         self._hasher = hashlib.sha256()
         self._hashed = 0  # chunks folded into _hasher
         self._hash_lock = trio.Lock()
+        self._seal_lock = trio.Lock()
         self.dirty = 0  # chunks written since the metadata was last persisted
         self.persist_every = 16  # chunks between metadata checkpoints
         self.on_discard: Callable[[Digest], None] = lambda digest: None
@@ -223,6 +224,10 @@ class BlobBase:
                 raise StoreError(f"chunk {index} of {self.digest} is not present")
 
     async def seal(self) -> None:
+        async with self._seal_lock:  # concurrent seals of one blob: the second finds it done
+            await self._seal()
+
+    async def _seal(self) -> None:
         self._check_live()
         if self._complete:
             return

@@ -40,6 +40,7 @@ class DiskBlob(BlobBase):
         super().__init__(digest, **kwargs)
         self.directory = directory
         self._fd: int | None = None
+        self._persist_lock = trio.Lock()
 
     @property
     def data_path(self) -> Path:
@@ -90,13 +91,16 @@ class DiskBlob(BlobBase):
         os.replace(tmp, self.directory / "meta")
 
     async def _persist(self) -> None:
-        if self._discarded:
-            return
-        self.dirty = 0
-        try:
-            await trio.to_thread.run_sync(self._write_meta, self._meta())
-        except OSError as exc:
-            raise StoreError(f"persisting metadata of {self.digest}: {exc}") from exc
+        # One writer of the metadata at a time: two concurrent checkpoints (two clients putting
+        # the same manifest, say) would race on meta.tmp and on closing the data file.
+        async with self._persist_lock:
+            if self._discarded:
+                return
+            self.dirty = 0
+            try:
+                await trio.to_thread.run_sync(self._write_meta, self._meta())
+            except OSError as exc:
+                raise StoreError(f"persisting metadata of {self.digest}: {exc}") from exc
 
     async def _drop(self) -> None:
         if self._fd is not None:
