@@ -1,8 +1,9 @@
 """Swarm benchmark (the issue's pull storm): N shaped nodes pull the same content at once.
 
     python3 bench/swarm_bench.py --nodes 8 --rate-mbit 200 --size 128MiB [--layers 1] \
-        [--rtt-ms 0] [--strategy p2pull,direct] [--discovery static|mdns] \
-        [--out bench/results/swarm.json] [--py-spy DIR]
+        [--rtt-ms 0] [--strategy direct,central,bittorrent,p2pull] [--discovery static|mdns] \
+        [--late-joiners 0.5 --late-delay 5] [--out-dir DIR | --out FILE.json] [--no-plot] \
+        [--py-spy DIR]
 
 Run as root. For each strategy a fresh network of namespaces is built (``tests/netns.py``): host 0
 runs the origin (``python -m p2pull.testing.serve``), hosts 1..N are the nodes; every host's link
@@ -10,16 +11,24 @@ is shaped to ``--rate-mbit`` in both directions (the origin's too), optionally w
 of delay (netem under the tbf). Strategies:
 
 - ``direct``: every node pulls straight from the origin, all at once (curl).
+- ``central``: docker-registry 2.8 as a pull-through cache (proxy mode) on node 1; every node
+  pulls through it (``bench/central.py``).
+- ``bittorrent``: opentracker + a libtorrent seeder on the origin host, a libtorrent leecher on
+  every node (``bench/bittorrent.py``; needs Debian's opentracker and python3-libtorrent).
 - ``p2pull``: every node runs an agent (static peers by default: same data path as mDNS, no
   convergence wait) and pulls through its own mirror, all at once (curl).
 
-With ``--layers K`` the origin serves K blobs that split ``--size`` and each node fetches all of
-them in parallel (as containerd does). Reported per strategy: origin egress / size from the
-origin host's interface counters (wire bytes, and wire bytes minus per-packet header bytes) and
-from the origin's own count; per-node completion time (p50, max); the bandwidth lower bound
-``size / min(node rate, origin rate)``; slowest / lower bound; CPU seconds per agent during the
-pull (utime + stime from /proc). ``--py-spy DIR`` records each agent with py-spy during the pull
-(raw collapsed stacks, one file per agent). ``--launcher FILE`` runs ``python FILE agent ...``
+``--late-joiners F --late-delay S``: the last ``round(F * N)`` nodes start S seconds after the
+others (every strategy). With ``--layers K`` the origin serves K blobs that split ``--size`` and
+each node fetches all of them in parallel (as containerd does). Reported per strategy: origin
+egress / size from the origin host's interface counters (wire bytes, and wire bytes minus
+per-packet header bytes) and from the origin's own count (plus the seeder's, for bittorrent);
+per-node pull time (p50, max) and finish time since the first node began; the bandwidth lower
+bound ``size / min(node rate, origin rate)``; slowest / lower bound; CPU seconds of the helpers
+(agents, the cache, or the leechers) during the pull (utime + stime from /proc). Output: JSON,
+a Markdown table next to it (``.md``) and a PNG (``.png``: completion-time CDF and origin egress
+per strategy; skipped when matplotlib is missing). ``--py-spy DIR`` records each helper with
+py-spy during the pull (raw collapsed stacks). ``--launcher FILE`` runs ``python FILE agent ...``
 instead of ``python -m agent agent ...``: a way to try swarm tunings without editing the agent.
 """
 
@@ -46,7 +55,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.config import parse_size  # noqa: E402
+from bench.bittorrent import Swarm, bittorrent_missing  # noqa: E402
+from bench.central import start_cache  # noqa: E402
+from bench.plot import write_plot  # noqa: E402
 from tests.netns import Host, NetnsError, Network, netns_missing, netns_network  # noqa: E402
+
+STRATEGIES = ("direct", "central", "bittorrent", "p2pull")
+CPU_OF = {"p2pull": "agents", "central": "cache", "bittorrent": "leechers"}  # whose CPU is reported
 
 NAME = "bench/model"
 MIRROR_PORT, PEER_PORT, METRICS_PORT = 5050, 5051, 9395
@@ -68,7 +83,7 @@ began = time.time()
 out = subprocess.run(argv, capture_output=True, text=True).stdout.split()
 seconds = time.time() - began
 codes, sizes = out[0::2], [int(s) for s in out[1::2]]
-print(json.dumps({"seconds": seconds, "codes": codes, "bytes": sum(sizes)}))
+print(json.dumps({"seconds": seconds, "began": began, "codes": codes, "bytes": sum(sizes)}))
 """
 
 
@@ -204,11 +219,25 @@ async def run_on(
             serve = await net.start(origin_host, *serve_argv, env=env, stderr=err, cwd=str(ROOT))
         served = await read_json_line(serve)
         size, digests = int(served["size"]), list(served["digests"])
-        agents: list[trio.Process] = []
+        agents: list[trio.Process] = []  # the helpers whose CPU is reported
         if strategy == "p2pull":
             agents = await start_agents(net, nursery, args, workdir / strategy, served, logdir)
             targets = [f"http://{h.ip}:{MIRROR_PORT}" for h in nodes]
             query = f"?ns={served['netloc']}"
+        elif strategy == "central":
+            cache, cache_url = await start_cache(
+                net, nodes[0], workdir=workdir / strategy, origin_url=served["url"],
+                log=logdir / "cache.log", env=env,
+            )  # fmt: skip
+            agents = [cache]
+            targets, query = [cache_url] * len(nodes), ""
+        elif strategy == "bittorrent":
+            swarm = Swarm(
+                workdir / strategy, size=args.size_bytes, layers=len(digests),
+                piece_size=parse_size(args.bt_piece_size),
+            )  # fmt: skip
+            await swarm.start(net, origin_host, digests=digests, logdir=logdir, env=env)
+            targets, query = [""] * len(nodes), ""
         else:
             targets, query = [served["url"]] * len(nodes), ""
         cpu_before = [cpu_seconds(a.pid) for a in agents]
@@ -216,12 +245,16 @@ async def run_on(
         tx_before, packets_before = await iface_tx(net, origin_host)
         start_at = time.time() + 2.0
         clients = []
+        late = late_nodes(len(nodes), args.late_joiners)
         profile_dir = Path(args.py_spy) / strategy if args.py_spy and agents else None
         async with profilers(profile_dir, [a.pid for a in agents]):
             start_at = max(start_at, time.time() + 0.5)
-            for host, target in zip(nodes, targets, strict=True):
+            for slot, (host, target) in enumerate(zip(nodes, targets, strict=True)):
                 urls = [f"{target}/v2/{NAME}/blobs/{d}{query}" for d in digests]
-                argv = [sys.executable, "-c", CLIENT, f"{start_at:.3f}", *urls]
+                begin = start_at + (args.late_delay if slot in late else 0.0)
+                argv = [sys.executable, "-c", CLIENT, f"{begin:.3f}", *urls]
+                if strategy == "bittorrent":
+                    argv = swarm.leecher_argv(host, begin)
                 with (logdir / f"client{host.index}.log").open("wb") as err:
                     clients.append(await net.start(host, *argv, env=env, stderr=err))
             await trio.sleep(max(0.0, start_at - time.time()))
@@ -231,12 +264,25 @@ async def run_on(
         tx_after, packets_after = await iface_tx(net, origin_host)
         cpu = [cpu_seconds(a.pid) - b for a, b in zip(agents, cpu_before, strict=True)]
         origin_cpu = cpu_seconds(serve.pid) - origin_cpu_before
-        sources = [await agent_metrics(net, host) for host in nodes] if agents else []
+        sources = []
+        if strategy == "p2pull":
+            sources = [await agent_metrics(net, host) for host in nodes]
+        app_sent = 0
+        if strategy == "bittorrent":
+            cpu = [cpu_seconds(client.pid) for client in clients]  # the leechers, whole life
+            app_sent = await swarm.seeder_sent()
         serve.send_signal(signal.SIGTERM)
-        app_sent = int((await read_json_line(serve))["bytes_sent"])
+        app_sent += int((await read_json_line(serve))["bytes_sent"])
         nursery.cancel_scope.cancel()
     failed = [r for r in results if set(r["codes"]) != {"200"} or r["bytes"] != size]
     times = sorted(r["seconds"] for r in results)
+    first = min(r["began"] for r in results)
+    finished = sorted(r["began"] + r["seconds"] - first for r in results)
+    per_node = [
+        {"node": slot + 1, "late": slot in late, "seconds": round(r["seconds"], 3),
+         "finished_s": round(r["began"] + r["seconds"] - first, 3)}
+        for slot, r in enumerate(results)
+    ]  # fmt: skip
     lower_bound = size * 8 / rate_bit  # node and origin links have the same rate here
     wire = tx_after - tx_before
     busy = machine_after[0] - machine_before[0]
@@ -249,23 +295,34 @@ async def run_on(
         "layers": len(digests),
         "rate_mbit": args.rate_mbit,
         "rtt_ms": args.rtt_ms,
+        "late_joiners": len(late),
+        "late_delay_s": args.late_delay if late else 0.0,
         "ok": not failed,
         "failed": failed,
         "origin_egress_wire": round(wire / size, 4),
         "origin_egress_payload": round(payload / size, 4),
         "origin_egress_app": round(app_sent / size, 4),
-        "times": [round(t, 3) for t in times],
+        "times": [round(t, 3) for t in times],  # each node's own pull duration, sorted
         "p50_s": round(statistics.median(times), 3),
         "max_s": round(times[-1], 3),
+        "last_finished_s": round(finished[-1], 3),  # since the first node began
+        "per_node": per_node,
         "lower_bound_s": round(lower_bound, 3),
         "slowest_over_lower_bound": round(times[-1] / lower_bound, 3),
         "agent_cpu_s": [round(c, 2) for c in cpu],
+        "cpu_of": CPU_OF.get(strategy),
         "origin_cpu_s": round(origin_cpu, 2),
         "machine_cpus": os.cpu_count(),
         "machine_busy_cpu_s": round(busy, 2),
         "machine_busy_fraction": round(machine_busy, 3),  # from the clients' start to the end
         "agent_sources": sources,
     }
+
+
+def late_nodes(count: int, fraction: float) -> set[int]:
+    """Slots (0-based) of the nodes that start late: the last ``round(fraction * count)``."""
+    late = min(count, max(0, int(fraction * count + 0.5)))
+    return set(range(count - late, count))
 
 
 async def start_agents(
@@ -328,16 +385,17 @@ async def agent_metrics(net: Network, host: Host) -> dict[str, float]:
 def table(results: list[dict[str, Any]]) -> str:
     rows = [
         "| strategy | origin egress (wire / payload / app) x size | p50 s | max s | lower bound s "
-        "| slowest / LB | agent CPU s (mean / max) | machine CPU busy | ok |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| slowest / LB | last done s | helper CPU s (mean / max) | machine CPU busy | ok |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         cpu = r["agent_cpu_s"]
-        cpu_text = f"{statistics.mean(cpu):.1f} / {max(cpu):.1f}" if cpu else "-"
+        cpu_text = f"{statistics.mean(cpu):.1f} / {max(cpu):.1f} ({r['cpu_of']})" if cpu else "-"
         rows.append(
             f"| {r['strategy']} | {r['origin_egress_wire']:.3f} / {r['origin_egress_payload']:.3f}"
             f" / {r['origin_egress_app']:.3f} | {r['p50_s']:.2f} | {r['max_s']:.2f} "
-            f"| {r['lower_bound_s']:.2f} | {r['slowest_over_lower_bound']:.2f} | {cpu_text} "
+            f"| {r['lower_bound_s']:.2f} | {r['slowest_over_lower_bound']:.2f} "
+            f"| {r['last_finished_s']:.2f} | {cpu_text} "
             f"| {100 * r['machine_busy_fraction']:.0f}% of {r['machine_cpus']} "
             f"| {'yes' if r['ok'] else 'NO'} |"
         )
@@ -363,14 +421,22 @@ async def amain(args: argparse.Namespace) -> list[dict[str, Any]]:
     return results
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked; adds ``size_bytes`` and ``strategies``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=8)
     parser.add_argument("--rate-mbit", type=float, default=200.0)
     parser.add_argument("--size", default="128MiB")
     parser.add_argument("--layers", type=int, default=1)
     parser.add_argument("--rtt-ms", type=float, default=0.0)
-    parser.add_argument("--strategy", default="p2pull,direct")
+    parser.add_argument("--strategy", default="p2pull,direct", help=",".join(STRATEGIES))
+    parser.add_argument(
+        "--late-joiners", type=float, default=0.0, help="fraction of nodes that start late"
+    )
+    parser.add_argument("--late-delay", type=float, default=5.0, help="their delay, seconds")
+    parser.add_argument(
+        "--bt-piece-size", default="4MiB", help="bittorrent: piece size (p2pull's chunk: 4MiB)"
+    )
     parser.add_argument("--discovery", choices=("static", "mdns"), default="static")
     parser.add_argument("--chunk-size", default="4MiB", help="the agents' --chunk-size")
     parser.add_argument("--log-level", default="INFO", help="the agents' --log-level")
@@ -383,25 +449,50 @@ def main() -> int:
     parser.add_argument("--workdir", default=None, help="parent of the stores and logs")
     parser.add_argument("--keep", action="store_true", help="keep stores and logs")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "swarm.json"))
-    args = parser.parse_args()
+    parser.add_argument(
+        "--out-dir",
+        default=None,
+        help="write swarm.json, swarm.md and swarm.png there (instead of --out and its siblings)",
+    )
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    args = parser.parse_args(argv)
+    args.size_bytes = parse_size(args.size)
+    args.strategies = [s.strip() for s in args.strategy.split(",") if s.strip()]
+    if not set(args.strategies) <= set(STRATEGIES) or not args.strategies:
+        parser.error(f"--strategy: a comma-separated list of {', '.join(STRATEGIES)}")
+    if not 0.0 <= args.late_joiners <= 1.0 or args.late_delay < 0:
+        parser.error("--late-joiners is a fraction in [0, 1], --late-delay >= 0")
+    if "bittorrent" in args.strategies and (reason := bittorrent_missing()) is not None:
+        parser.error(f"--strategy bittorrent: {reason}")
+    if args.nodes < 1 or args.layers < 1 or args.size_bytes < args.layers:
+        parser.error("--nodes and --layers must be >= 1, --size at least one byte per layer")
+    return args
+
+
+def write_outputs(args: argparse.Namespace, results: list[dict[str, Any]]) -> Path:
+    """The JSON, the Markdown table next to it and (unless ``--no-plot``) the PNG; the JSON path."""
+    markdown = table(results)
+    print()
+    print(markdown)
+    config = {k: v for k, v in vars(args).items() if k not in ("strategies",)}
+    out = Path(args.out_dir) / "swarm.json" if args.out_dir else Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"config": config, "results": results}, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown + "\n")
+    print(f"\nwrote {out} and {out.with_suffix('.md')}")
+    if not args.no_plot:
+        print(write_plot(results, out.with_suffix(".png")))
+    return out
+
+
+def main() -> int:
+    args = parse_args()
     reason = netns_missing()
     if reason is not None:
         print(f"swarm_bench: {reason}", file=sys.stderr)
         return 2
-    args.size_bytes = parse_size(args.size)
-    args.strategies = [s.strip() for s in args.strategy.split(",") if s.strip()]
-    if not set(args.strategies) <= {"p2pull", "direct"} or not args.strategies:
-        parser.error("--strategy: a comma-separated list of p2pull and direct")
-    if args.nodes < 1 or args.layers < 1 or args.size_bytes < args.layers:
-        parser.error("--nodes and --layers must be >= 1, --size at least one byte per layer")
     results = trio.run(amain, args)
-    print()
-    print(table(results))
-    config = {k: v for k, v in vars(args).items() if k not in ("strategies",)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": config, "results": results}, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    write_outputs(args, results)
     return 0 if all(r["ok"] for r in results) else 1
 
 

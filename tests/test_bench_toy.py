@@ -1,0 +1,90 @@
+"""The pull-storm benchmark (``bench/swarm_bench.py``) at toy size, so it cannot rot.
+
+3 nodes, one 8 MiB blob, 1 Gbit/s links, one late joiner (1 s): direct, the central
+pull-through cache (when docker-registry is installed), BitTorrent (when opentracker and
+python3-libtorrent are) and p2pull, run end to end in-process
+through the namespace harness (``tests/netns.py``: skips when not root or without ``ip``; kills
+every process and deletes the namespaces at teardown, also on failure or timeout). Checks the
+JSON and Markdown it writes and that the figures are sane; no plot (matplotlib is bench-only).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import trio
+
+from bench import swarm_bench
+from bench.bittorrent import bittorrent_missing
+from tests.netns import netns_missing
+
+NODES = 3
+SIZE = 8 << 20
+RATE_MBIT = 1000
+LATE_DELAY = 1.0
+DEADLINE = 60.0
+FIELDS = {
+    "strategy", "nodes", "size", "layers", "rate_mbit", "late_joiners", "late_delay_s", "ok",
+    "failed", "origin_egress_wire", "origin_egress_payload", "origin_egress_app", "times",
+    "p50_s", "max_s", "last_finished_s", "per_node", "lower_bound_s", "slowest_over_lower_bound",
+    "agent_cpu_s", "cpu_of", "origin_cpu_s", "machine_busy_fraction",
+}  # fmt: skip
+
+
+async def test_swarm_bench_toy_size_every_strategy(tmp_path: Path) -> None:
+    reason = netns_missing()
+    if reason is not None:
+        pytest.skip(reason)
+    strategies = ["direct", "p2pull"]
+    # The baselines that need extra Debian packages run when those are installed.
+    if shutil.which("docker-registry") is not None:
+        strategies.insert(1, "central")
+    if bittorrent_missing() is None:
+        strategies.insert(-1, "bittorrent")
+    out_dir = tmp_path / "out"
+    args = swarm_bench.parse_args(
+        [
+            "--nodes", str(NODES), "--size", f"{SIZE}", "--rate-mbit", str(RATE_MBIT),
+            "--strategy", ",".join(strategies), "--late-joiners", "0.34",
+            "--late-delay", str(LATE_DELAY), "--workdir", str(tmp_path), "--out-dir",
+            str(out_dir), "--no-plot",
+        ]
+    )  # fmt: skip
+    with trio.fail_after(DEADLINE):
+        results = await swarm_bench.amain(args)
+    out = swarm_bench.write_outputs(args, results)
+
+    saved = json.loads(out.read_text())
+    assert saved["config"]["nodes"] == NODES
+    assert [r["strategy"] for r in saved["results"]] == strategies
+    markdown = (out_dir / "swarm.md").read_text()
+    assert all(f"| {name} |" in markdown for name in strategies), markdown
+    by_name = {r["strategy"]: r for r in saved["results"]}
+    for name, r in by_name.items():
+        assert set(r) >= FIELDS, (name, FIELDS - set(r))
+        assert r["ok"] and not r["failed"], (name, r["failed"])
+        assert r["size"] == SIZE and r["nodes"] == NODES and r["layers"] == 1
+        assert len(r["times"]) == len(r["per_node"]) == NODES
+        assert 0 < r["times"][0] <= r["p50_s"] <= r["max_s"] < DEADLINE
+        assert r["lower_bound_s"] == pytest.approx(SIZE * 8 / (RATE_MBIT * 1e6), abs=1e-3)
+        assert r["slowest_over_lower_bound"] >= 1.0
+        late = [node for node in r["per_node"] if node["late"]]
+        assert len(late) == r["late_joiners"] == 1, r["per_node"]
+        assert late[0]["finished_s"] >= LATE_DELAY + late[0]["seconds"] - 0.5, late
+        # Interface counters see at least the payload, and the app count agrees with them.
+        for field in ("origin_egress_wire", "origin_egress_payload", "origin_egress_app"):
+            assert r[field] >= 0.99, (name, field, r[field])
+        assert r["origin_egress_wire"] >= r["origin_egress_payload"]
+    assert NODES - 0.05 <= by_name["direct"]["origin_egress_payload"] <= NODES + 0.1
+    assert by_name["p2pull"]["origin_egress_payload"] <= 1.1
+    assert len(by_name["p2pull"]["agent_cpu_s"]) == NODES
+    if "central" in by_name:
+        # One cache, not coalescing concurrent misses: between once and N + 1 times.
+        assert by_name["central"]["origin_egress_payload"] <= (NODES + 1) * 1.05
+        assert by_name["central"]["cpu_of"] == "cache"
+    if "bittorrent" in by_name:
+        assert by_name["bittorrent"]["origin_egress_payload"] <= NODES * 1.05
+        assert len(by_name["bittorrent"]["agent_cpu_s"]) == NODES
