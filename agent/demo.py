@@ -15,7 +15,6 @@ import functools
 import random
 import secrets
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ import httpx
 import trio
 
 from agent.config import AgentConfig, HostPort, parse_size
-from agent.service import Agent
+from agent.service import Agent, free_port
 from p2pull.imageref import ImageRef
 from p2pull.imagewalk import fetch_blob, resolve
 from p2pull.testing.origin import TestOrigin, tar_layer
@@ -45,12 +44,6 @@ class Node:
     def sample(self, metric: str, **labels: str) -> float:
         value = self.agent.metrics.registry.get_sample_value(metric, labels)
         return value or 0.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_layers(size: int, count: int, *, seed: int) -> list[bytes]:
@@ -86,7 +79,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             await nursery.start(origin.run)
             _, _ = origin.add_image(NAME, TAG, layers)
             nodes = []
-            peer_ports = [_free_port() for _ in range(nodes_count)]
+            peer_ports = [free_port("127.0.0.1") for _ in range(nodes_count)]
             peers = tuple(HostPort("127.0.0.1", port) for port in peer_ports)
             secret = secrets.token_bytes(32)
             for index in range(nodes_count):

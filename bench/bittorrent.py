@@ -14,12 +14,11 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from p2pull.testing.serve import make_content
-from tests.netns import Host, Network
+from tests.netns import Host, Network, read_json_line
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SCRIPT = Path(__file__).resolve().parent / "bt_node.py"
@@ -36,17 +35,6 @@ def bittorrent_missing() -> str | None:
     if probe.returncode != 0:
         return f"{SYSTEM_PYTHON} cannot import libtorrent (apt-get install python3-libtorrent)"
     return None
-
-
-async def _json_line(process: trio.Process, what: str) -> dict[str, Any]:
-    assert process.stdout is not None
-    buffer = b""
-    while b"\n" not in buffer:
-        data = await process.stdout.receive_some()
-        if not data:
-            raise RuntimeError(f"{what} exited before its JSON line: {buffer!r}")
-        buffer += data
-    return dict(json.loads(buffer.split(b"\n", 1)[0]))
 
 
 class Swarm:
@@ -100,7 +88,7 @@ class Swarm:
                 str(content.parent), origin.ip, env=env, stderr=err,
             )  # fmt: skip
         with trio.fail_after(60):
-            await _json_line(self.seeder, "the seeder")
+            await read_json_line(self.seeder)
         await trio.sleep(1.0)  # its announce reaches the tracker
 
     def leecher_argv(self, host: Host, start_at: float) -> list[str]:
@@ -114,4 +102,4 @@ class Swarm:
         assert self.seeder is not None
         self.seeder.terminate()
         with trio.fail_after(10):
-            return int((await _json_line(self.seeder, "the seeder"))["bytes_sent"])
+            return int((await read_json_line(self.seeder))["bytes_sent"])

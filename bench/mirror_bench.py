@@ -69,21 +69,44 @@ def start_registry(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 def push_blob(port: int, path: Path, digest: str) -> None:
     out = subprocess.run(
-        ["curl", "-s", "-D", "-", "-o", "/dev/null", "-X", "POST",
-         f"http://127.0.0.1:{port}/v2/bench/blob/blobs/uploads/"],
-        capture_output=True, text=True, check=True,
+        [
+            "curl",
+            "-s",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-X",
+            "POST",
+            f"http://127.0.0.1:{port}/v2/bench/blob/blobs/uploads/",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     location = next(
-        line.split(":", 1)[1].strip() for line in out.splitlines()
+        line.split(":", 1)[1].strip()
+        for line in out.splitlines()
         if line.lower().startswith("location:")
     )
     if location.startswith("/"):
         location = f"http://127.0.0.1:{port}{location}"
     sep = "&" if "?" in location else "?"
     subprocess.run(
-        ["curl", "-s", "-f", "-o", "/dev/null", "-X", "PUT", "-H",
-         "Content-Type: application/octet-stream", "-T", str(path),
-         f"{location}{sep}digest={digest}"],
+        [
+            "curl",
+            "-s",
+            "-f",
+            "-o",
+            "/dev/null",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "-T",
+            str(path),
+            f"{location}{sep}digest={digest}",
+        ],
         check=True,
     )
 
@@ -108,13 +131,24 @@ class AgentProcess:
         metrics = free_port()
         ns = f"127.0.0.1:{registry_port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "agent",
-             "--mirror-addr", f"127.0.0.1:{self.port}",
-             "--metrics-addr", f"127.0.0.1:{metrics}",
-             "--data-dir", str(data_dir),
-             "--upstream", f"{ns}=http://{ns}",
-             "--default-upstream", f"http://{ns}",
-             "--log-level", "WARNING"],
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "agent",
+                "--mirror-addr",
+                f"127.0.0.1:{self.port}",
+                "--metrics-addr",
+                f"127.0.0.1:{metrics}",
+                "--data-dir",
+                str(data_dir),
+                "--upstream",
+                f"{ns}=http://{ns}",
+                "--default-upstream",
+                f"http://{ns}",
+                "--log-level",
+                "WARNING",
+            ],
             cwd=ROOT,
         )
         wait_http(f"http://127.0.0.1:{self.port}/v2/")
@@ -142,7 +176,9 @@ def timed_get(url: str, expect: int, *, to: str = "/dev/null") -> float:
     start = time.perf_counter()
     result = subprocess.run(
         ["curl", "-s", "-f", "-o", to, "-w", "%{size_download}", url],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     elapsed = time.perf_counter() - start
     if int(result.stdout) != expect:
@@ -203,7 +239,9 @@ def main() -> int:
         agent = AgentProcess(rport, workdir / "agent-rss")
         agents.append(agent)
         rss_base = agent.peak_rss_mb()
-        big_url = f"http://127.0.0.1:{agent.port}/v2/bench/blob/blobs/{big_digest}?ns=127.0.0.1%3A{rport}"
+        big_url = (
+            f"http://127.0.0.1:{agent.port}/v2/bench/blob/blobs/{big_digest}?ns=127.0.0.1%3A{rport}"
+        )
         big_time = timed_get(big_url, rss_size)
         results["rss"] = {
             "idle_mb": round(rss_base, 1),

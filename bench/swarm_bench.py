@@ -58,7 +58,15 @@ from agent.config import parse_size  # noqa: E402
 from bench.bittorrent import Swarm, bittorrent_missing  # noqa: E402
 from bench.central import start_cache  # noqa: E402
 from bench.plot import write_plot  # noqa: E402
-from tests.netns import Host, NetnsError, Network, netns_missing, netns_network  # noqa: E402
+from tests.netns import (  # noqa: E402
+    Host,
+    NetnsError,
+    Network,
+    iface_counters,
+    netns_missing,
+    netns_network,
+    read_json_line,
+)
 
 STRATEGIES = ("direct", "central", "bittorrent", "p2pull")
 CPU_OF = {"p2pull": "agents", "central": "cache", "bittorrent": "leechers"}  # whose CPU is reported
@@ -102,24 +110,6 @@ def machine_cpu() -> tuple[float, float]:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
     idle = fields[3] + fields[4]  # idle + iowait
     return (sum(fields) - idle) / TICKS, sum(fields) / TICKS
-
-
-async def read_json_line(process: trio.Process) -> dict[str, Any]:
-    assert process.stdout is not None
-    buffer = b""
-    while b"\n" not in buffer:
-        data = await process.stdout.receive_some()
-        if not data:
-            raise RuntimeError(f"process exited before its JSON line: {buffer!r}")
-        buffer += data
-    return dict(json.loads(buffer.split(b"\n", 1)[0]))
-
-
-async def iface_tx(net: Network, host: Host) -> tuple[int, int]:
-    stats = f"/sys/class/net/{host.dev}/statistics"
-    out = await net.run(host, "cat", f"{stats}/tx_bytes", f"{stats}/tx_packets")
-    tx_bytes, tx_packets = out.stdout.split()
-    return int(tx_bytes), int(tx_packets)
 
 
 async def add_delay(net: Network, rtt_ms: float, rate_bit: int) -> None:
@@ -242,7 +232,7 @@ async def run_on(
             targets, query = [served["url"]] * len(nodes), ""
         cpu_before = [cpu_seconds(a.pid) for a in agents]
         origin_cpu_before = cpu_seconds(serve.pid)
-        tx_before, packets_before = await iface_tx(net, origin_host)
+        tx_before, packets_before = await iface_counters(net, origin_host)
         start_at = time.time() + 2.0
         clients = []
         late = late_nodes(len(nodes), args.late_joiners)
@@ -261,7 +251,7 @@ async def run_on(
             machine_before = machine_cpu()  # the clients begin now
             results = [await read_json_line(client) for client in clients]
             machine_after = machine_cpu()
-        tx_after, packets_after = await iface_tx(net, origin_host)
+        tx_after, packets_after = await iface_counters(net, origin_host)
         cpu = [cpu_seconds(a.pid) - b for a, b in zip(agents, cpu_before, strict=True)]
         origin_cpu = cpu_seconds(serve.pid) - origin_cpu_before
         sources = []

@@ -76,20 +76,22 @@ class Admin:
             digest = Digest.parse(raw)
         except P2pullError as exc:
             return _json(400, {"error": str(exc)})
+        status, answer = await self._purge_here(digest)
         if all_nodes:
             told, unreachable = await self._tell_everyone([Purge(str(digest))])
-            local = await self._purge(raw, all_nodes=False)
-            answer = json.loads(local.body if isinstance(local.body, bytes) else b"{}")
             answer.update({"nodes_told": told, "unreachable": unreachable})
-            return _json(200 if local.status in (200, 404) else local.status, answer)
+            if status == 404:  # not held here, but the others were told: that is a success
+                status = 200
+        return _json(status, answer)
+
+    async def _purge_here(self, digest: Digest) -> tuple[int, dict[str, Any]]:
         if digest in self._blobs.transfers:
-            return _json(409, {"error": f"{digest} is being downloaded; try again when done"})
+            return 409, {"error": f"{digest} is being downloaded; try again when done"}
         blob = self._store.lookup(digest)
         if blob is None:
-            return _json(404, {"error": f"{digest} is not in this node's store"})
+            return 404, {"error": f"{digest} is not in this node's store"}
         removed = await self._store.remove(digest)
-        await trio.lowlevel.checkpoint()
-        return _json(200, {"removed": removed, "digest": str(digest), "bytes": blob.size})
+        return 200, {"removed": removed, "digest": str(digest), "bytes": blob.size}
 
     async def _prefetch(self, query: dict[str, str]) -> Response:
         """Start downloading blobs on this node and, with ``all_nodes=1``, on every live member

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import trio
 
-from p2pull.errors import DigestMismatch, ManifestUnknown, UpstreamError
+from p2pull.errors import DigestMismatch, UpstreamError
 from p2pull.reference import Digest, ManifestRef
 from p2pull.store.types import BlobStore
 from p2pull.upstream.types import (
@@ -23,8 +23,6 @@ from p2pull.upstream.types import (
 )
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 
 
 class ManifestService:
@@ -125,6 +123,3 @@ class ManifestService:
 
 def _accept(accept: Sequence[str]) -> Sequence[str]:
     return accept or MANIFEST_MEDIA_TYPES
-
-
-__all__ = ["DEFAULT_MEDIA_TYPE", "ManifestService", "ManifestUnknown"]

@@ -32,12 +32,10 @@ class Transfer:
         self._changed.set()
         self._changed = trio.Event()
 
-    def chunk_landed(self, index: int, *, source: str = "origin") -> None:
-        """A chunk was stored (verified): wake readers and tell subscribers which one.
-        ``source`` ("origin" or "peer") is what the mirror's served-bytes metric reports; the
-        fetchers also record it just before the write, so a reader woken by the write itself
-        never sees the chunk without its source."""
-        self.sources[index] = source
+    def chunk_landed(self, index: int) -> None:
+        """A chunk was stored (verified): wake readers and tell subscribers which one. The
+        fetcher recorded the chunk's source in ``sources`` just before writing it, so a reader
+        woken by the write itself never sees the chunk without its source."""
         for channel in list(self._subscribers):
             try:
                 channel.send_nowait(index)

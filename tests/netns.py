@@ -22,6 +22,7 @@ outright (named ``p2pt<pid>-...`` with that PID gone) are swept at the next star
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import shutil
@@ -240,3 +241,23 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+async def read_json_line(process: trio.Process) -> dict[str, Any]:
+    """The first line a process prints on stdout, parsed as a JSON object."""
+    assert process.stdout is not None
+    buffer = b""
+    while b"\n" not in buffer:
+        data = await process.stdout.receive_some()
+        if not data:
+            raise NetnsError(f"process exited before its JSON line: {buffer!r}")
+        buffer += data
+    return dict(json.loads(buffer.split(b"\n", 1)[0]))
+
+
+async def iface_counters(net: Network, host: Host) -> tuple[int, int]:
+    """(tx_bytes, tx_packets) of ``host``'s interface, read inside its namespace."""
+    stats = f"/sys/class/net/{host.dev}/statistics"
+    out = await net.run(host, "cat", f"{stats}/tx_bytes", f"{stats}/tx_packets")
+    tx_bytes, tx_packets = out.stdout.split()
+    return int(tx_bytes), int(tx_packets)

@@ -10,7 +10,6 @@ failure). The origin's egress is read from its own interface counters, so nothin
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import signal
@@ -18,11 +17,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import trio
 
-from tests.netns import Host, Network, netns_network
+from tests.netns import Host, Network, iface_counters, netns_network, read_json_line
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "team/model"
@@ -54,25 +52,6 @@ print(json.dumps({"size": size, "sha256": digest.hexdigest(), "seconds": time.ti
 def clean_env() -> dict[str, str]:
     """This environment without proxy settings: every byte stays inside the namespaces."""
     return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-
-
-async def read_json_line(process: trio.Process) -> dict[str, Any]:
-    assert process.stdout is not None
-    buffer = b""
-    while b"\n" not in buffer:
-        data = await process.stdout.receive_some()
-        if not data:
-            raise AssertionError(f"process exited before its JSON line: {buffer!r}")
-        buffer += data
-    return dict(json.loads(buffer.split(b"\n", 1)[0]))
-
-
-async def iface_counters(net: Network, host: Host) -> tuple[int, int]:
-    """(tx_bytes, tx_packets) of ``host``'s interface, read inside its namespace."""
-    stats = f"/sys/class/net/{host.dev}/statistics"
-    out = await net.run(host, "cat", f"{stats}/tx_bytes", f"{stats}/tx_packets")
-    tx_bytes, tx_packets = out.stdout.split()
-    return int(tx_bytes), int(tx_packets)
 
 
 JOINED = re.compile(r"mDNS: (\S+) \(.*\) joined")

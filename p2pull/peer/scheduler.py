@@ -191,6 +191,14 @@ class Scheduler:
     def complete(self) -> bool:
         return self._have.complete
 
+    def unavailable(self, index: int) -> bool:
+        """Chunk ``index`` is missing, no known peer has it and nobody is fetching it."""
+        return (
+            not self._have.has(index)
+            and self._availability[index] == 0
+            and index not in self._by_chunk
+        )
+
     def missing_unavailable(self) -> list[int]:
         """Missing chunks that no known peer has and nobody is fetching (the seed's origin work)."""
         return sorted(

@@ -161,7 +161,7 @@ class BlobSwarm:
         """Fetch from the origin only what no live peer has (with a known hash) or is sending."""
         if self.scheduler is None:
             return True
-        return index in self.scheduler.missing_unavailable()
+        return self.scheduler.unavailable(index)
 
     # -- events ----------------------------------------------------------------------------------
 
@@ -292,7 +292,7 @@ class BlobSwarm:
         scheduler.have(piece.index)
         for duplicate in scheduler.on_piece(peer, piece.index, now=now):
             self._send(duplicate.peer, Cancel(self.digest, duplicate.index))
-        self.transfer.chunk_landed(piece.index, source="peer")
+        self.transfer.chunk_landed(piece.index)
 
     def _on_peers(self, peers: Peers) -> None:
         assert self._nursery is not None
