@@ -481,6 +481,8 @@ def main() -> int:
     if reason is not None:
         print(f"swarm_bench: {reason}", file=sys.stderr)
         return 2
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     results = trio.run(amain, args)
     write_outputs(args, results)
     return 0 if all(r["ok"] for r in results) else 1

@@ -442,3 +442,20 @@ def test_simulated_swarm_completes(
             pending.pop(expired, None)
     assert sched.complete, (now, sched.missing_unavailable(), sched.in_flight())
     assert sched.in_flight() == []
+
+
+def test_nodes_spread_their_first_requests_over_equally_loaded_holders() -> None:
+    """With a per-node salt, nodes that see the same holders do not all pick the same one (the
+    lowest id would carry the chunk to everybody); without a salt, the lowest id is picked."""
+    firsts = set()
+    for node in range(16):
+        scheduler = Scheduler(chunk_count=1, salt=f"node-{node}".encode())
+        for peer in "abcd":
+            scheduler.add_peer(peer, bits("1"))
+        first = scheduler.next_requests(now=0.0)[0]
+        firsts.add(first.peer)
+    assert len(firsts) >= 3
+    plain = Scheduler(chunk_count=1)
+    for peer in "dcba":
+        plain.add_peer(peer, bits("1"))
+    assert plain.next_requests(now=0.0)[0] == Assignment("a", 0)

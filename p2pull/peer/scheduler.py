@@ -6,7 +6,8 @@ was sent). ``next_requests`` hands out new requests in this order:
 1. chunks of the reader window (``set_window``), lowest index first: a local reader waits on them;
 2. then rarest first (fewest known peers have it), ties broken by lowest index;
 
-each to the peer that has the chunk and the fewest requests in flight (ties: lowest peer id),
+each to the peer that has the chunk and the fewest requests in flight (ties: the per-node order
+below, else lowest peer id),
 never above ``max_in_flight_per_peer``, never to a penalized peer, never to a peer that recently
 failed that chunk, never a chunk we hold, and never a chunk already in flight, except in the
 endgame: once every missing chunk is in flight, spare slots duplicate in-flight chunks to other
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from p2pull.bitfield import Bitfield
@@ -59,11 +60,15 @@ class Scheduler:
         # Ties in rarity are broken by a per-node order (the node's id as ``salt``), so nodes
         # that all see the same availability do not all ask for the same chunk first; without
         # a salt, by lowest index.
-        self._tie = (
-            [hashlib.sha256(salt + i.to_bytes(8, "big")).digest()[:4] for i in range(chunk_count)]
-            if salt
-            else None
-        )
+        # Ties between equally loaded peers are broken the same way: otherwise every node asks
+        # the lowest-id holder first and that one uplink carries the chunk to everyone.
+        self._salt = salt
+        tie = [hashlib.sha256(salt + i.to_bytes(8, "big")).digest()[:4] for i in range(chunk_count)]
+        self._tie_order = sorted(range(chunk_count), key=tie.__getitem__) if salt else None
+        self._tie_rank = [0] * chunk_count
+        for rank, index in enumerate(self._tie_order or ()):
+            self._tie_rank[index] = rank
+        self._peer_tie: dict[str, bytes] = {}
         self._have = Bitfield(chunk_count)  # ValueError if chunk_count < 0
         self._missing = set(range(chunk_count))  # the same, for fast iteration
         self._peers: dict[str, Bitfield] = {}
@@ -75,6 +80,10 @@ class Scheduler:
         self._penalized_until: dict[str, float] = {}
         self._avoid_until: dict[tuple[str, int], float] = {}  # (peer, index) that failed lately
         self._window = range(0)
+        # next_requests recomputes only after a change that can allow a new request, or once a
+        # penalty or avoidance ends: the swarm loop calls it after every event (every Have).
+        self._dirty = True
+        self._wake_at = math.inf
 
     # --- what we and the peers hold -----------------------------------------------------------
 
@@ -82,6 +91,7 @@ class Scheduler:
         """We hold chunk ``index`` now (verified). Its in-flight requests stop counting."""
         self._have.set(index)  # IndexError when out of range
         self._missing.discard(index)
+        self._dirty = True
         for peer in list(self._by_chunk.get(index, ())):
             self._release(peer, index)
             self._stale.setdefault(index, set()).add(peer)
@@ -96,6 +106,9 @@ class Scheduler:
                 self._availability[index] -= 1
         self._peers[peer] = bitfield.copy()
         self._by_peer.setdefault(peer, {})
+        self._dirty = True
+        if self._salt and peer not in self._peer_tie:
+            self._peer_tie[peer] = hashlib.sha256(self._salt + peer.encode()).digest()[:4]
         for index in bitfield.present():
             self._availability[index] += 1
 
@@ -107,10 +120,13 @@ class Scheduler:
         if not field.has(index):
             field.set(index)
             self._availability[index] += 1
+            if not self._have.has(index) and len(self._by_peer[peer]) < self.max_in_flight_per_peer:
+                self._dirty = True
 
     def remove_peer(self, peer: str) -> list[int]:
         """Forget ``peer``; returns the chunks it had in flight, now released (ascending)."""
         field = self._peers.pop(peer, None)
+        self._dirty = True
         if field is not None:
             for index in field.present():
                 self._availability[index] -= 1
@@ -119,6 +135,7 @@ class Scheduler:
             self._release(peer, index)
         self._by_peer.pop(peer, None)
         self._penalized_until.pop(peer, None)
+        self._peer_tie.pop(peer, None)
         self._avoid_until = {key: t for key, t in self._avoid_until.items() if key[0] != peer}
         for index in list(self._stale):
             self._discard_stale(peer, index)
@@ -127,7 +144,10 @@ class Scheduler:
     def set_window(self, start: int, end: int) -> None:
         """The chunks ``[start, end)`` a local reader waits on: asked for first, in order."""
         start, end = max(0, start), min(self.chunk_count, end)
-        self._window = range(start, max(start, end))
+        window = range(start, max(start, end))
+        if window != self._window:
+            self._window = window
+            self._dirty = True
 
     # --- outcomes of requests -----------------------------------------------------------------
 
@@ -141,6 +161,7 @@ class Scheduler:
             self._release(holder, index)
             others.add(holder)
         others.discard(peer)
+        self._dirty = True
         return [Assignment(other, index) for other in sorted(others)]
 
     def on_failed(self, peer: str, index: int, *, now: float) -> None:
@@ -149,6 +170,7 @@ class Scheduler:
             self._release(peer, index)
         self._discard_stale(peer, index)
         self._avoid_until[(peer, index)] = now + self.stall_penalty
+        self._dirty = True
 
     def expire(self, *, now: float) -> list[Assignment]:
         """Release requests at or past their deadline and penalize their peers; returns them."""
@@ -161,6 +183,7 @@ class Scheduler:
         for request in expired:
             self._release(request.peer, request.index)
             self._penalized_until[request.peer] = now + self.stall_penalty
+            self._dirty = True
         self._stale.clear()  # requests for chunks we hold: the peer got its chance to answer
         return expired
 
@@ -168,7 +191,14 @@ class Scheduler:
 
     def next_requests(self, *, now: float) -> list[Assignment]:
         """New requests to send now; they are registered as in flight (sent at ``now``)."""
+        if not self._dirty and now < self._wake_at:
+            return []  # nothing changed since the last call that could allow a request
+        self._dirty = False
         self._avoid_until = {key: t for key, t in self._avoid_until.items() if t > now}
+        self._wake_at = min(
+            [t for t in self._penalized_until.values() if t > now] + [*self._avoid_until.values()],
+            default=math.inf,
+        )
         free = {
             peer: self.max_in_flight_per_peer - len(self._by_peer[peer])
             for peer in sorted(self._peers)
@@ -176,10 +206,12 @@ class Scheduler:
         }
         free = {peer: slots for peer, slots in free.items() if slots > 0}
         out: list[Assignment] = []
+        if not free:
+            return out
         for index in self._wanted():
+            self._assign(index, free, now, out)
             if not free:
                 return out
-            self._assign(index, free, now, out)
         if free and self._in_endgame():
             for index in self._endgame_order():
                 while free and len(self._by_chunk[index]) < self.endgame_duplicates:
@@ -236,9 +268,15 @@ class Scheduler:
         """Missing chunks nobody is fetching, some peer has, in the order they should be asked."""
         window, availability, in_flight = self._window, self._availability, self._by_chunk
         yield from (i for i in window if self._needed(i) and availability[i])
-        rest = [i for i in self._missing if availability[i] and i not in in_flight]
-        tie = self._tie
-        rest.sort(key=tie.__getitem__ if tie is not None else None)
+        missing = self._missing
+        if self._tie_order is None:
+            rest = sorted(i for i in missing if availability[i] and i not in in_flight)
+        else:  # already in the tie order (cheaper than sorting by it each time)
+            if 4 * len(missing) > len(self._tie_order):
+                order: Iterable[int] = self._tie_order
+            else:
+                order = sorted(missing, key=self._tie_rank.__getitem__)
+            rest = [i for i in order if i in missing and availability[i] and i not in in_flight]
         rest.sort(key=availability.__getitem__)  # stable: rarest first, then the tie order
         yield from (i for i in rest if i not in window)
 
@@ -259,8 +297,9 @@ class Scheduler:
     def _assign(self, index: int, free: dict[str, int], now: float, out: list[Assignment]) -> bool:
         """Ask the least-loaded free peer that has ``index`` (and may be asked) for it."""
         asked = self._by_chunk.get(index, {})
+        tie = self._peer_tie
         candidates = [
-            (len(self._by_peer[peer]), peer)
+            (len(self._by_peer[peer]), tie.get(peer, b""), peer)
             for peer in free
             if peer not in asked
             and self._peers[peer].has(index)
@@ -268,7 +307,7 @@ class Scheduler:
         ]
         if not candidates:
             return False
-        _, peer = min(candidates)
+        *_, peer = min(candidates)
         self._by_chunk.setdefault(index, {})[peer] = now
         self._by_peer[peer][index] = now
         out.append(Assignment(peer, index))

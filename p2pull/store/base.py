@@ -24,6 +24,7 @@ from p2pull.store.types import ByteSink, chunk_count
 log = logging.getLogger(__name__)
 
 THREAD_THRESHOLD = 256 * 1024
+CHECKPOINT_BYTES = 64 * 1024 * 1024
 
 
 async def _maybe_thread(fn: Any, *args: Any, size: int) -> Any:
@@ -60,7 +61,9 @@ class BlobBase:
         self._hash_lock = trio.Lock()
         self._seal_lock = trio.Lock()
         self.dirty = 0  # chunks written since the metadata was last persisted
-        self.persist_every = 16  # chunks between metadata checkpoints
+        # Chunks between metadata checkpoints: every 64 MiB (at least 16 chunks), so a crash
+        # costs at most that much refetching and small chunks do not rewrite the hash list often.
+        self.persist_every = max(16, CHECKPOINT_BYTES // max(chunk_size, 1))
         self.on_discard: Callable[[Digest], None] = lambda digest: None
 
     # -- to implement -------------------------------------------------------------------------

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TICK = 0.5  # the longest the task waits before re-checking timeouts and the reader window
+BATCH = 64  # events handled between two scheduler passes at most
 
 
 class Role(enum.Enum):
@@ -94,10 +95,20 @@ class BlobSwarm:
                     event = await self._inbox.receive()
                 if event is not None:
                     await self._handle(*event)
+                    await self._handle_queued()
                 await self._pump()
             nursery.cancel_scope.cancel()
         if failed is not None:
             raise failed
+
+    async def _handle_queued(self) -> None:
+        """Events that queued up meanwhile (Haves come in bursts): one pump for all of them."""
+        for _ in range(BATCH):
+            try:
+                event = self._inbox.receive_nowait()
+            except trio.WouldBlock:
+                return
+            await self._handle(*event)
 
     async def _forward_landed(self, landed: trio.MemoryReceiveChannel[int]) -> None:
         async with landed:
@@ -137,6 +148,7 @@ class BlobSwarm:
     def _become_seed(self) -> None:
         log.info("seeding %s from the origin", self.digest[:19])
         self.role, self.seed_id = Role.SEED, self.node.node_id
+        self.node.superseed.start(self.digest)
         self._start_origin()
 
     def _start_origin(self) -> None:

@@ -31,8 +31,9 @@ from p2pull.peer.messages import (
 from p2pull.ratelimit import UNLIMITED, RateLimiter
 from p2pull.reference import Digest, validate_name
 from p2pull.store.types import BlobStore
-from p2pull.swarm.blobswarm import BlobSwarm, Role, blob_info
+from p2pull.swarm.blobswarm import BlobSwarm, blob_info
 from p2pull.swarm.links import PeerLink, PeerPool
+from p2pull.swarm.superseed import SuperSeeder
 from p2pull.transfer import Transfer
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,8 @@ class SwarmConfig:
     connect_timeout: float = 5.0
     max_chunk_size: int = 64 * 1024 * 1024
     upload_rate: float = 0.0  # bytes/s to all peers together; 0: unlimited
-    seed_copies: int = 2  # while seeding, uploads of one chunk per seed_window (0: no cap)
-    seed_window: float = 5.0
+    seed_copies: int = 1  # super-seeding: grants of one chunk per seed_window (0: no cap)
+    seed_window: float = 15.0
 
 
 class SwarmNode:
@@ -92,7 +93,7 @@ class SwarmNode:
         self.upload_limit = RateLimiter(config.upload_rate)
         self.download_limit = download_limit  # shared with the origin fetcher: one node budget
         self._requests: dict[str, int] = {}
-        self._seeded: dict[tuple[str, int], list[float]] = {}  # chunk -> recent seed uploads
+        self.superseed = SuperSeeder(copies=config.seed_copies, window=config.seed_window)
         self._nursery: trio.Nursery | None = None
         metrics.peer_links.set_function(lambda: len(self.pool.links))
         metrics.swarms.set_function(lambda: len(self.swarms))
@@ -120,8 +121,7 @@ class SwarmNode:
         finally:
             if self.swarms.get(transfer.digest) is swarm:
                 del self.swarms[transfer.digest]
-            digest = str(transfer.digest)
-            self._seeded = {key: t for key, t in self._seeded.items() if key[0] != digest}
+            self.superseed.stop(str(transfer.digest), now=self.clock())
 
     def _swarm(self, transfer: Transfer) -> BlobSwarm:
         swarm = self.swarms.get(transfer.digest)
@@ -186,6 +186,7 @@ class SwarmNode:
         if digest in self.blobs.transfers or self.store.lookup(digest) is None:
             return False
         removed = await self.store.remove(digest)
+        self.superseed.forget(str(digest))
         log.info("purged %s at the request of %s", digest, origin)
         return removed
 
@@ -194,29 +195,22 @@ class SwarmNode:
         if outstanding >= self.config.max_requests_per_link or self._nursery is None:
             link.send(Reject(request.digest, request.index, "busy"))
             return
-        if self._seeding_spent(request):
+        if self._seeding_spent(request, link):
             link.send(Reject(request.digest, request.index, "seeded: ask the peers"))
             return
         self._requests[link.peer_id] = outstanding + 1
         self._nursery.start_soon(self._upload, link, request)
 
-    def _seeding_spent(self, request: Request) -> bool:
-        """Super-seeding: while this node seeds a blob from the origin, each chunk goes to at
-        most ``seed_copies`` peers per ``seed_window`` seconds; the others get it from
-        those peers (they announce it with a Have at once). Without this the seed's uplink
-        carries the blob once per node and the swarm is no faster than direct pulls."""
-        swarm = self.swarms.get(Digest.parse(request.digest))
-        if swarm is None or swarm.role is not Role.SEED or self.config.seed_copies <= 0:
-            return False
-        now = self.clock()
-        key = (request.digest, request.index)
-        recent = [t for t in self._seeded.get(key, ()) if now - t < self.config.seed_window]
-        if len(recent) >= self.config.seed_copies:
-            self._seeded[key] = recent
-            return True
-        recent.append(now)
-        self._seeded[key] = recent
-        return False
+    def _seeding_spent(self, request: Request, link: PeerLink) -> bool:
+        """Super-seeding (``p2pull.swarm.superseed``): a chunk this node fetched from the
+        origin goes to one peer, the others get it from that peer."""
+        return not self.superseed.grant(
+            request.digest,
+            request.index,
+            link.peer_id,
+            now=self.clock(),
+            alive=lambda peer: self.pool.link(peer) is not None,
+        )
 
     async def _upload(self, link: PeerLink, request: Request) -> None:
         try:

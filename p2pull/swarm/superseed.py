@@ -1,0 +1,70 @@
+"""Super-seeding: the node that fetches a blob from the origin hands each chunk out once.
+
+Every leech wants the newest chunk the moment the seed announces it. If the seed served them
+all, its uplink would carry the blob once per node and the swarm would be no faster than direct
+pulls (measured: 2.8 copies on the seed's uplink, the whole run bound by it). So, while a node
+seeds a blob and for ``window`` seconds after, it grants each chunk to at most ``copies``
+peers per ``window``; the other requesters are rejected and get the chunk from those peers, who
+announce it with a Have the moment it lands. A recipient whose link is gone no longer counts
+(the chunk may have died with it), and after ``window`` seconds the seed grants another copy,
+so a requester that cannot reach any recipient is delayed, never stranded.
+
+Pure bookkeeping: the node asks ``grant`` for each request and says when seeding starts and
+ends; ``alive`` tells whether a peer is still connected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+class SuperSeeder:
+    def __init__(self, *, copies: int, window: float) -> None:
+        if window <= 0:
+            raise ValueError(f"window must be > 0, got {window}")
+        self.copies = copies  # 0: no cap
+        self.window = window
+        self._seeding: dict[str, float | None] = {}  # digest -> when seeding ended (None: now)
+        self._granted: dict[str, dict[int, list[tuple[float, str]]]] = {}
+
+    def start(self, digest: str) -> None:
+        """This node fetches ``digest`` from the origin from now on."""
+        self._seeding[digest] = None
+
+    def stop(self, digest: str, *, now: float) -> None:
+        """The node's swarm for ``digest`` ended: keep capping for ``window`` seconds more."""
+        if digest in self._seeding:
+            self._seeding[digest] = now
+
+    def forget(self, digest: str) -> None:
+        self._seeding.pop(digest, None)
+        self._granted.pop(digest, None)
+
+    def grant(
+        self, digest: str, index: int, peer: str, *, now: float, alive: Callable[[str], bool]
+    ) -> bool:
+        """May ``peer`` have chunk ``index`` of ``digest`` from us now? Records the grant."""
+        if self.copies <= 0 or digest not in self._seeding:
+            return True
+        ended = self._seeding[digest]
+        if ended is not None and now - ended >= self.window:
+            self.forget(digest)
+            return True
+        chunks = self._granted.setdefault(digest, {})
+        recent = [
+            (at, holder)
+            for at, holder in chunks.get(index, ())
+            if now - at < self.window and alive(holder)
+        ]
+        if any(holder == peer for _, holder in recent):
+            chunks[index] = recent
+            return True  # asked again (it cancelled, or lost the piece): not another copy
+        if len(recent) >= self.copies:
+            chunks[index] = recent
+            return False
+        recent.append((now, peer))
+        chunks[index] = recent
+        return True
+
+    def seeding(self, digest: str) -> bool:
+        return digest in self._seeding

@@ -1,0 +1,69 @@
+"""Super-seeding bookkeeping: one copy per chunk per window, dead recipients do not count."""
+
+from __future__ import annotations
+
+import pytest
+
+from p2pull.swarm.superseed import SuperSeeder
+
+D = "sha256:" + "ab" * 32
+
+
+def everyone(peer: str) -> bool:
+    return True
+
+
+def test_a_blob_not_seeded_here_is_never_capped() -> None:
+    seeder = SuperSeeder(copies=1, window=15.0)
+    assert all(seeder.grant(D, 0, f"p{i}", now=0.0, alive=everyone) for i in range(5))
+
+
+def test_each_chunk_goes_to_one_peer_then_the_others_are_refused() -> None:
+    seeder = SuperSeeder(copies=1, window=15.0)
+    seeder.start(D)
+    assert seeder.grant(D, 0, "a", now=0.0, alive=everyone)
+    assert not seeder.grant(D, 0, "b", now=0.1, alive=everyone)
+    assert seeder.grant(D, 1, "b", now=0.1, alive=everyone)  # another chunk: its own count
+    assert seeder.grant(D, 0, "a", now=0.2, alive=everyone)  # the recipient asking again
+
+
+def test_two_copies_when_configured() -> None:
+    seeder = SuperSeeder(copies=2, window=15.0)
+    seeder.start(D)
+    granted = [seeder.grant(D, 3, p, now=1.0, alive=everyone) for p in "abc"]
+    assert granted == [True, True, False]
+
+
+def test_a_dead_recipient_frees_its_copy() -> None:
+    seeder = SuperSeeder(copies=1, window=15.0)
+    seeder.start(D)
+    assert seeder.grant(D, 0, "a", now=0.0, alive=everyone)
+    assert seeder.grant(D, 0, "b", now=1.0, alive=lambda peer: peer != "a")
+    assert not seeder.grant(D, 0, "c", now=1.5, alive=everyone)
+
+
+def test_the_window_grants_another_copy_later() -> None:
+    seeder = SuperSeeder(copies=1, window=15.0)
+    seeder.start(D)
+    assert seeder.grant(D, 0, "a", now=0.0, alive=everyone)
+    assert not seeder.grant(D, 0, "b", now=14.9, alive=everyone)
+    assert seeder.grant(D, 0, "b", now=15.0, alive=everyone)
+
+
+def test_capping_lingers_one_window_after_the_swarm_ends() -> None:
+    seeder = SuperSeeder(copies=1, window=10.0)
+    seeder.start(D)
+    assert seeder.grant(D, 0, "a", now=0.0, alive=everyone)
+    seeder.stop(D, now=5.0)
+    assert not seeder.grant(D, 0, "b", now=9.0, alive=everyone)
+    assert seeder.grant(D, 0, "c", now=15.0, alive=everyone)  # linger over: state dropped
+    assert not seeder.seeding(D)
+    assert seeder.grant(D, 0, "d", now=15.1, alive=everyone)
+
+
+def test_zero_copies_means_no_cap_and_bad_window_is_refused() -> None:
+    seeder = SuperSeeder(copies=0, window=1.0)
+    seeder.start(D)
+    assert all(seeder.grant(D, 0, p, now=0.0, alive=everyone) for p in "abc")
+    with pytest.raises(ValueError):
+        SuperSeeder(copies=1, window=0.0)
