@@ -10,9 +10,7 @@ cleanly.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
-import os
 import socket
 import struct
 import time
@@ -24,11 +22,12 @@ from urllib.parse import parse_qsl, urlsplit
 import h11
 import trio
 
+from p2pull.sendfile import FileRegion, sendfile_all
+
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_HEADERS = 64 * 1024
 RECEIVE_SIZE = 64 * 1024
-SENDFILE_MAX = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,18 +81,6 @@ class BodyAborted(Exception):
     """Raised by a stream body to say the response must end by resetting the connection."""
 
 
-@dataclass(frozen=True, slots=True)
-class FileRegion:
-    """A byte range of an open file, passed through h11 untouched and sent with sendfile."""
-
-    fd: int
-    offset: int
-    count: int
-
-    def __len__(self) -> int:
-        return self.count
-
-
 def parse_target(target: str) -> tuple[str, dict[str, str]]:
     """Split a request target into its path (left percent-encoded: routes match the raw path,
     so ``%2f`` never acts as a separator) and its decoded query parameters."""
@@ -123,30 +110,10 @@ class _Sink:
         event = h11.Data(data=region)  # type: ignore[arg-type]
         for piece in self._conn.send_with_data_passthrough(event) or ():
             if isinstance(piece, FileRegion):
-                await _sendfile_all(self._stream, piece)
+                await sendfile_all(self._stream, piece)
             else:
                 await self._stream.send_all(piece)
         self.sent += count
-
-
-async def _sendfile_all(stream: trio.SocketStream, region: FileRegion) -> None:
-    sock = stream.socket
-    offset, remaining = region.offset, region.count
-    while remaining > 0:
-        try:
-            sent = os.sendfile(sock.fileno(), region.fd, offset, min(remaining, SENDFILE_MAX))
-        except BlockingIOError:
-            await trio.lowlevel.wait_writable(sock)
-            continue
-        except OSError as exc:
-            if exc.errno in (errno.EPIPE, errno.ECONNRESET):
-                raise trio.BrokenResourceError("peer closed while sendfile") from exc
-            raise
-        if sent == 0:
-            raise trio.BrokenResourceError("sendfile wrote nothing: file shorter than expected")
-        offset += sent
-        remaining -= sent
-        await trio.lowlevel.checkpoint_if_cancelled()
 
 
 def _reset(stream: trio.SocketStream) -> None:

@@ -33,6 +33,7 @@ from p2pull.peer.messages import (
     encode,
 )
 from p2pull.peer.wire import (
+    DEFAULT_MAX_FRAME,
     HANDSHAKE_MAX_FRAME,
     NEED_DATA,
     Authenticated,
@@ -584,3 +585,26 @@ def test_arbitrary_bytes_only_ever_raise_remote_errors_and_never_yield_a_message
             assert conn.state is not State.OPEN
     except RemoteProtocolError:
         assert conn.state is State.CLOSED
+
+
+@given(st.integers(0, 2**32 - 1), st.binary(max_size=70_000))
+@settings(max_examples=50)
+def test_a_piece_header_then_raw_data_is_exactly_the_framed_piece(index: int, data: bytes) -> None:
+    """Uploads send the header and then the chunk from a file: the peer must see one Piece."""
+    a, b = make("a:1"), make("b:1")
+    handshake(a, b)
+    framed = a.send_piece_header(D, index, len(data)) + data
+    assert framed == a.send(Piece(D, index, data))
+    b.receive_data(framed)
+    assert drain(b) == [Piece(D, index, data)]
+
+
+def test_a_piece_header_obeys_the_same_rules_as_send() -> None:
+    a, b = make("a:1"), make("b:1")
+    with pytest.raises(LocalProtocolError, match="handshake"):
+        a.send_piece_header(D, 0, 10)
+    handshake(a, b)
+    with pytest.raises(LocalProtocolError, match="limit"):
+        a.send_piece_header(D, 0, DEFAULT_MAX_FRAME)
+    with pytest.raises(LocalProtocolError, match="invalid"):
+        a.send_piece_header("sha256:nothex", 0, 10)

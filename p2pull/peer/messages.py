@@ -329,6 +329,15 @@ def encode_parts(message: Message) -> list[bytes]:
     return parts
 
 
+def piece_prefix(digest: str, index: int, length: int) -> bytes:
+    """The body of ``Piece(digest, index, data)`` up to ``data``, for ``len(data) == length``:
+    the chunk can then follow straight from a file (sendfile), never passing through Python."""
+    if not 0 <= length <= 2**32 - 1:
+        raise LocalProtocolError(f"a piece of {length} bytes cannot be encoded")
+    parts = encode_parts(Piece(digest, index, b""))  # the same checks as any Piece we send
+    return b"".join(parts[:-2]) + _bin_header(length)
+
+
 def encode(message: Message) -> bytes:
     """The msgpack body of ``message`` (no length prefix). ``LocalProtocolError`` if invalid."""
     return b"".join(encode_parts(message))

@@ -47,6 +47,7 @@ from p2pull.peer.messages import (
     encode,
     encode_parts,
     hello_version,
+    piece_prefix,
 )
 
 __all__ = [
@@ -224,6 +225,19 @@ class PeerConnection:
                 f"{type(message).__name__} is {length} bytes, over the {self._max_frame}-byte limit"
             )
         return b"".join([_HEADER.pack(length), *parts])
+
+    def send_piece_header(self, digest: str, index: int, length: int) -> bytes:
+        """The frame header and body of a Piece up to its data: send these bytes, then exactly
+        ``length`` bytes of chunk (from a file, say). Same rules as ``send``."""
+        self._check_usable()
+        if self.state is not State.OPEN:
+            raise LocalProtocolError(f"cannot send Piece while {self.state.value}")
+        prefix = piece_prefix(digest, index, length)
+        if len(prefix) + length > self._max_frame:
+            raise LocalProtocolError(
+                f"Piece is {len(prefix) + length} bytes, over the {self._max_frame}-byte limit"
+            )
+        return _HEADER.pack(len(prefix) + length) + prefix
 
     # --- internals ----------------------------------------------------------------------------
 

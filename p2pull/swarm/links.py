@@ -2,8 +2,9 @@
 
 Every link runs in the pool's nursery: its reader hands each message to the node's callback, its
 writer drains one ordered queue of frames (so a Have never overtakes the BlobInfo sent before
-it). Uploads of pieces wait for one of a few per-link piece slots, which bounds the memory a slow
-peer can make us hold. A peer's errors end that link only.
+it). An uploaded chunk goes out as a Piece header followed by the chunk straight from the store's
+file (sendfile: no copy through Python); uploads wait for one of a few per-link piece slots, which
+bounds what a slow peer can make us hold. A peer's errors end that link only.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable
+from typing import TypeAlias
 
 import trio
 
 from p2pull.errors import P2pullError
 from p2pull.membership import Member
-from p2pull.peer.messages import Message, Piece
+from p2pull.peer.messages import LocalProtocolError, Message
 from p2pull.peer.wire import (
     NEED_DATA,
     Authenticated,
@@ -26,6 +28,8 @@ from p2pull.peer.wire import (
     RemoteProtocolError,
     State,
 )
+from p2pull.sendfile import FileRegion, sendfile_all
+from p2pull.store.types import StoredBlob
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +37,11 @@ RECEIVE_SIZE = 1024 * 1024
 PIECE_SLOTS_PER_LINK = 2
 
 
+Outgoing: TypeAlias = bytes | FileRegion
+
+
 class PeerLink:
-    """One authenticated connection. ``send`` never blocks; ``send_piece`` waits for a slot."""
+    """One authenticated connection. ``send`` never blocks; ``upload`` waits for a slot."""
 
     def __init__(self, stream: trio.SocketStream, conn: PeerConnection, peer_id: str) -> None:
         self.stream = stream
@@ -42,41 +49,102 @@ class PeerLink:
         self.peer_id = peer_id
         self.closed = False
         self._queue_send, self._queue_receive = trio.open_memory_channel[
-            tuple[bytes, trio.Semaphore | None]
+            tuple[Outgoing, _Delivery | None]
         ](math.inf)
         self._piece_slots = trio.Semaphore(PIECE_SLOTS_PER_LINK)
 
     def send(self, message: Message) -> None:
         if self.closed or self.conn.state is not State.OPEN:
             return
-        try:
-            self._queue_send.send_nowait((self.conn.send(message), None))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.closed = True
+        self._enqueue(self.conn.send(message))
 
-    async def send_piece(self, piece: Piece) -> None:
-        await self._piece_slots.acquire()
-        if self.closed or self.conn.state is not State.OPEN:
-            self._piece_slots.release()
-            return
+    async def upload(self, digest: str, index: int, blob: StoredBlob) -> bool:
+        """Send chunk ``index`` of ``blob`` as a Piece; True once it is on the wire (in the
+        kernel's buffer), False if the link went away first. Store errors propagate."""
+        offset, length = blob.chunk_span(index)
+        async with self._piece_slots:
+            if self.closed or self.conn.state is not State.OPEN:
+                return False
+            sink = _PieceSink(self, self.conn.send_piece_header(digest, index, length), length)
+            await blob.send(sink, offset=offset, length=length)
+            return sink.sent
+
+    def _enqueue(self, *items: Outgoing) -> _Delivery | None:
+        """Queue ``items`` back to back (nothing can come between them); the returned delivery
+        tells when the last is on the wire or dropped with the link (None: the link is closed)."""
+        delivery = _Delivery()
         try:
-            self._queue_send.send_nowait((self.conn.send(piece), self._piece_slots))
+            for item in items[:-1]:
+                self._queue_send.send_nowait((item, None))
+            self._queue_send.send_nowait((items[-1], delivery))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._piece_slots.release()
             self.closed = True
+            return None
+        return delivery
 
     async def run_writer(self) -> None:
         async with self._queue_receive:
-            async for frame, slot in self._queue_receive:
-                try:
-                    await self.stream.send_all(frame)
-                finally:
-                    if slot is not None:
-                        slot.release()
+            try:
+                async for item, delivery in self._queue_receive:
+                    try:
+                        if isinstance(item, FileRegion):
+                            await sendfile_all(self.stream, item)
+                        else:
+                            await self.stream.send_all(item)
+                        if delivery is not None:
+                            delivery.sent = True
+                    finally:
+                        if delivery is not None:
+                            delivery.done.set()
+            finally:
+                self.closed = True
+                while True:  # whoever waits on a queued upload learns it was dropped
+                    try:
+                        _, delivery = self._queue_receive.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    if delivery is not None:
+                        delivery.done.set()
 
     def close(self) -> None:
         self.closed = True
         self._queue_send.close()
+
+
+class _PieceSink:
+    """The ByteSink a stored blob writes one chunk into: the Piece header goes first, then the
+    chunk (bytes, or a file range sent with sendfile, waited for so the file stays open)."""
+
+    def __init__(self, link: PeerLink, header: bytes, length: int) -> None:
+        self._link, self._header, self._length = link, header, length
+        self._used = False
+        self.sent = False
+
+    def _claim(self, count: int) -> None:
+        if self._used or count != self._length:
+            raise LocalProtocolError("a piece must be written in one call of its exact length")
+        self._used = True
+
+    async def write(self, data: bytes) -> None:
+        self._claim(len(data))
+        await self._wait(self._link._enqueue(self._header, data))
+
+    async def sendfile(self, fd: int, *, offset: int, count: int) -> None:
+        self._claim(count)
+        await self._wait(self._link._enqueue(self._header, FileRegion(fd, offset, count)))
+
+    async def _wait(self, delivery: _Delivery | None) -> None:
+        if delivery is not None:
+            await delivery.done.wait()
+            self.sent = delivery.sent
+
+
+class _Delivery:
+    """Set ``done`` once a queued item left (``sent``) or was dropped with its link."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.sent = False
 
 
 OnMessage = Callable[[PeerLink, Message], Awaitable[None]]

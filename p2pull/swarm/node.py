@@ -22,7 +22,6 @@ from p2pull.peer.messages import (
     Hello,
     Interested,
     Message,
-    Piece,
     Purge,
     Reject,
     Request,
@@ -223,15 +222,15 @@ class SwarmNode:
                 ):
                     link.send(Reject(request.digest, request.index, "not held"))
                     return
-                offset, length = blob.chunk_span(request.index)
+                _, length = blob.chunk_span(request.index)
+                await self.upload_limit.acquire(length)
                 try:
-                    data = await blob.read(offset, length)
+                    sent = await link.upload(request.digest, request.index, blob)
                 except (StoreError, P2pullError) as exc:
                     link.send(Reject(request.digest, request.index, f"store: {exc}"[:1000]))
                     return
-                await self.upload_limit.acquire(length)
-                await link.send_piece(Piece(request.digest, request.index, data))
-                self.metrics.peer_upload_bytes.inc(length)
+                if sent:
+                    self.metrics.peer_upload_bytes.inc(length)
         finally:
             if link.peer_id in self._requests:
                 self._requests[link.peer_id] -= 1

@@ -1,0 +1,111 @@
+"""Peer links over real loopback sockets: uploads go out as one Piece, from a file by sendfile."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import trio
+
+from p2pull.membership import Member
+from p2pull.peer.messages import Have, Message, Piece
+from p2pull.store.types import ByteSink
+from p2pull.swarm.links import PeerLink, PeerPool
+
+D = "sha256:" + "ab" * 32
+SECRET = b"s" * 32
+CHUNK = 256 * 1024
+
+
+class FileChunks:
+    """The part of a StoredBlob that uploads use: chunk spans, and ``send`` by sendfile."""
+
+    def __init__(self, path: Path, *, size: int, chunk_size: int) -> None:
+        self.path, self.size, self.chunk_size = path, size, chunk_size
+
+    def chunk_span(self, index: int) -> tuple[int, int]:
+        offset = index * self.chunk_size
+        return offset, min(self.chunk_size, self.size - offset)
+
+    async def send(self, sink: ByteSink, *, offset: int, length: int) -> None:
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            await sink.sendfile(fd, offset=offset, count=length)
+        finally:
+            os.close(fd)
+
+
+class Inbox:
+    """What the listening side received; ``arrived`` is set at ``expect`` messages."""
+
+    def __init__(self, expect: int = 0) -> None:
+        self.messages: list[Message] = []
+        self.expect = expect
+        self.arrived = trio.Event()
+
+    async def on_message(self, link: PeerLink, message: Message) -> None:
+        self.messages.append(message)
+        if len(self.messages) >= self.expect:
+            self.arrived.set()
+
+
+async def _pair(nursery: trio.Nursery, inbox: Inbox) -> tuple[PeerPool, PeerPool, PeerLink]:
+    on_message = inbox.on_message
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = int(listeners[0].socket.getsockname()[1])
+    server = PeerPool(
+        node_id=f"127.0.0.1:{port}", listen_port=port, secret=SECRET,
+        on_message=on_message, on_closed=lambda link: None, max_frame=8 << 20,
+    )  # fmt: skip
+    client = PeerPool(
+        node_id="127.0.0.1:1", listen_port=1, secret=SECRET,
+        on_message=on_message, on_closed=lambda link: None, max_frame=8 << 20,
+    )  # fmt: skip
+    await nursery.start(server.run)
+    await nursery.start(client.run)
+    nursery.start_soon(trio.serve_listeners, server.accept, listeners)
+    link = await client.connect(Member.of("127.0.0.1", port))
+    return server, client, link
+
+
+async def test_an_uploaded_chunk_arrives_as_one_piece_between_other_frames(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(3 * CHUNK - 1000)
+    (tmp_path / "blob").write_bytes(data)
+    blob = FileChunks(tmp_path / "blob", size=len(data), chunk_size=CHUNK)
+    inbox = Inbox(expect=4)
+    async with trio.open_nursery() as nursery:
+        _, _, link = await _pair(nursery, inbox)
+        have = Have(D, 0, hashlib.sha256(b"x").digest())
+        link.send(have)
+        sent = [await link.upload(D, index, blob) for index in (2, 0)]  # type: ignore[arg-type]
+        link.send(have)
+        with trio.fail_after(10):
+            await inbox.arrived.wait()
+        nursery.cancel_scope.cancel()
+    assert sent == [True, True]
+    assert (
+        inbox.messages
+        == [
+            have,
+            Piece(D, 2, data[2 * CHUNK :]),  # the short last chunk
+            Piece(D, 0, data[:CHUNK]),
+            have,
+        ]
+    )
+
+
+async def test_an_upload_on_a_closed_link_reports_false_and_does_not_wait(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "blob").write_bytes(b"z" * CHUNK)
+    blob = FileChunks(tmp_path / "blob", size=CHUNK, chunk_size=CHUNK)
+    async with trio.open_nursery() as nursery:
+        _, _, link = await _pair(nursery, Inbox())
+        link.close()
+        with trio.fail_after(5):
+            assert await link.upload(D, 0, blob) is False  # type: ignore[arg-type]
+        nursery.cancel_scope.cancel()
