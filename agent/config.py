@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
+DEFAULT_CHUNK_SIZE = 1024 * 1024
 
 
 class ConfigError(ValueError):
@@ -109,7 +109,7 @@ def add_agent_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str])
     opt("--advertise-addr", default=None, help="IP that other nodes reach this node at")
     opt("--cluster-secret-file", default=None, help="file holding the cluster secret")
     opt("--credentials", default=None, help="docker config.json-style registry credentials")
-    opt("--chunk-size", default="4MiB", help="chunk size of new blobs")
+    opt("--chunk-size", default="1MiB", help="chunk size of new blobs")
     opt("--store-quota", default="0", help="disk quota of the store (0: no quota), e.g. 200GiB")
     opt(
         "--min-free-disk",

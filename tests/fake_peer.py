@@ -32,9 +32,7 @@ class CorruptPeer:
         bits = bytearray((count + 7) // 8)
         for index in range(count):
             bits[index >> 3] |= 0x80 >> (index & 7)
-        return BlobInfo(
-            self.digest, self.size, self.chunk_size, bytes(bits), (b"",) * count
-        )
+        return BlobInfo(self.digest, self.size, self.chunk_size, bytes(bits), (b"",) * count)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(self.member.port, host=self.member.host)

@@ -210,7 +210,7 @@ def test_configmap_loads_with_the_agent_config_loader() -> None:
     assert config.mirror_addr.host == "127.0.0.1", "a mirror on the host network must stay local"
     assert config.metrics_addr.host == "0.0.0.0", "the kubelet probes the node IP"
     assert config.advertise_addr == NODE_IP
-    assert config.chunk_size == 4 << 20 and config.store_quota == 200 << 30
+    assert config.chunk_size == 1 << 20 and config.store_quota == 200 << 30
     assert config.log_format == "json"
     service = find("Service", "p2pull-peers")
     assert config.discovery == f"dns:{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
