@@ -459,3 +459,15 @@ def test_nodes_spread_their_first_requests_over_equally_loaded_holders() -> None
     for peer in "dcba":
         plain.add_peer(peer, bits("1"))
     assert plain.next_requests(now=0.0)[0] == Assignment("a", 0)
+
+
+def test_a_busy_peer_is_asked_again_after_retry_after_not_the_stall_penalty() -> None:
+    scheduler = Scheduler(chunk_count=1, stall_penalty=5.0, endgame_duplicates=1)
+    scheduler.add_peer("a", bits("1"))
+    assert scheduler.next_requests(now=0.0) == reqs("a:0")
+    scheduler.on_failed("a", 0, now=1.0, retry_after=0.5)
+    assert scheduler.next_requests(now=1.4) == []
+    assert scheduler.next_requests(now=1.5) == reqs("a:0")
+    scheduler.on_failed("a", 0, now=2.0)  # a plain Reject: the stall penalty
+    assert scheduler.next_requests(now=6.9) == []
+    assert scheduler.next_requests(now=7.0) == reqs("a:0")

@@ -132,6 +132,9 @@ class Reject:
     reason: str
 
 
+REJECT_BUSY = "busy"  # a Reject reason: ask again soon, or another holder now
+
+
 @dataclass(frozen=True, slots=True)
 class Unavailable:
     """The sender cannot provide this blob at all (origin failed, unknown)."""

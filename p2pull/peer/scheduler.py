@@ -164,12 +164,16 @@ class Scheduler:
         self._dirty = True
         return [Assignment(other, index) for other in sorted(others)]
 
-    def on_failed(self, peer: str, index: int, *, now: float) -> None:
-        """``peer`` rejected chunk ``index`` or sent a bad one: release it, ask others for it."""
+    def on_failed(
+        self, peer: str, index: int, *, now: float, retry_after: float | None = None
+    ) -> None:
+        """``peer`` rejected chunk ``index`` or sent a bad one: release it, ask others for it;
+        ``peer`` is not asked for it again for ``retry_after`` (default ``stall_penalty``)."""
         if index in self._by_peer.get(peer, ()):
             self._release(peer, index)
         self._discard_stale(peer, index)
-        self._avoid_until[(peer, index)] = now + self.stall_penalty
+        wait = self.stall_penalty if retry_after is None else retry_after
+        self._avoid_until[(peer, index)] = now + wait
         self._dirty = True
 
     def expire(self, *, now: float) -> list[Assignment]:

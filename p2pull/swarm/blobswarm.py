@@ -22,6 +22,7 @@ from p2pull.errors import ChunkMismatch, P2pullError
 from p2pull.membership import InvalidPeerAddress, Member
 from p2pull.origin_fetch import OriginFetcher
 from p2pull.peer.messages import (
+    REJECT_BUSY,
     BlobInfo,
     Cancel,
     Have,
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 TICK = 0.5  # the longest the task waits before re-checking timeouts and the reader window
 BATCH = 64  # events handled between two scheduler passes at most
+BUSY_RETRY = 0.5  # seconds before asking a peer that answered "busy" for that chunk again
 
 
 class Role(enum.Enum):
@@ -199,7 +201,10 @@ class BlobSwarm:
         elif isinstance(message, Piece):
             await self._on_piece(peer, message)
         elif isinstance(message, Reject) and self.scheduler is not None:
-            self.scheduler.on_failed(peer, message.index, now=self.node.clock())
+            busy = message.reason == REJECT_BUSY  # full upload queue: soon again, or elsewhere
+            self.scheduler.on_failed(
+                peer, message.index, now=self.node.clock(), retry_after=BUSY_RETRY if busy else None
+            )
         elif isinstance(message, Peers) and peer == self.seed_id:
             self._on_peers(message)
         elif isinstance(message, Unavailable) and peer == self.seed_id:

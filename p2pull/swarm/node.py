@@ -16,6 +16,7 @@ from p2pull.metrics import Metrics
 from p2pull.mirror import NS_RE
 from p2pull.origin_fetch import OriginFetcher
 from p2pull.peer.messages import (
+    REJECT_BUSY,
     Auth,
     Bye,
     Cancel,
@@ -46,6 +47,9 @@ class SwarmConfig:
     request_timeout: float = 30.0  # a 4 MiB piece behind a few others on a slow uplink
     max_in_flight_per_peer: int = 4
     upload_slots: int = 4  # few pieces at once: each finishes fast, requests do not expire
+    # Requests that may wait for a slot; beyond them a node answers "busy" and the requester
+    # asks another holder at once instead of queueing behind a busy uplink while others idle.
+    upload_queue: int = 0  # measured: 0-2 best, 4 and more slower (docs/benchmarks.md)
     max_requests_per_link: int = 64
     window: int = 4
     peers_handout: int = 32
@@ -92,6 +96,7 @@ class SwarmNode:
         self.upload_limit = RateLimiter(config.upload_rate)
         self.download_limit = download_limit  # shared with the origin fetcher: one node budget
         self._requests: dict[str, int] = {}
+        self._waiting: set[tuple[str, str, int]] = set()  # (peer, digest, index) before a slot
         self.superseed = SuperSeeder(copies=config.seed_copies, window=config.seed_window)
         self._nursery: trio.Nursery | None = None
         metrics.peer_links.set_function(lambda: len(self.pool.links))
@@ -149,8 +154,11 @@ class SwarmNode:
         if isinstance(message, Request):
             self._on_request(link, message)
             return
-        if isinstance(message, Cancel | Hello | Auth):
-            return  # a Cancel'd piece may already be queued; sending it anyway is harmless
+        if isinstance(message, Cancel):
+            self._waiting.discard((link.peer_id, message.digest, message.index))
+            return  # an upload already under way finishes; the peer ignores the late copy
+        if isinstance(message, Hello | Auth):
+            return
         digest = Digest.parse(message.digest)  # decode() already checked the grammar
         if isinstance(message, Purge):
             await self.purge(digest, origin=link.peer_id)
@@ -191,14 +199,23 @@ class SwarmNode:
 
     def _on_request(self, link: PeerLink, request: Request) -> None:
         outstanding = self._requests.get(link.peer_id, 0)
-        if outstanding >= self.config.max_requests_per_link or self._nursery is None:
-            link.send(Reject(request.digest, request.index, "busy"))
+        if (
+            outstanding >= self.config.max_requests_per_link
+            or self._upload_backlog() >= self.config.upload_slots + self.config.upload_queue
+            or self._nursery is None
+        ):
+            link.send(Reject(request.digest, request.index, REJECT_BUSY))
             return
         if self._seeding_spent(request, link):
             link.send(Reject(request.digest, request.index, "seeded: ask the peers"))
             return
         self._requests[link.peer_id] = outstanding + 1
+        self._waiting.add((link.peer_id, request.digest, request.index))
         self._nursery.start_soon(self._upload, link, request)
+
+    def _upload_backlog(self) -> int:
+        """Uploads under way plus requests waiting for a slot."""
+        return self.config.upload_slots - self._uploads.value + len(self._waiting)
 
     def _seeding_spent(self, request: Request, link: PeerLink) -> bool:
         """Super-seeding (``p2pull.swarm.superseed``): a chunk this node fetched from the
@@ -212,8 +229,12 @@ class SwarmNode:
         )
 
     async def _upload(self, link: PeerLink, request: Request) -> None:
+        key = (link.peer_id, request.digest, request.index)
         try:
             async with self._uploads:
+                if key not in self._waiting:
+                    return  # cancelled while it waited
+                self._waiting.discard(key)
                 blob = self.store.lookup(Digest.parse(request.digest))
                 if (
                     blob is None
@@ -232,5 +253,6 @@ class SwarmNode:
                 if sent:
                     self.metrics.peer_upload_bytes.inc(length)
         finally:
+            self._waiting.discard(key)
             if link.peer_id in self._requests:
                 self._requests[link.peer_id] -= 1

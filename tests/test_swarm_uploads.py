@@ -1,0 +1,117 @@
+"""A node's upload side as a peer sees it: a full upload queue answers "busy", a Cancel of a
+request still waiting for a slot means the chunk is never sent."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import httpx
+import trio
+
+from p2pull.peer.messages import REJECT_BUSY, Cancel, Message, Piece, Reject, Request
+from p2pull.peer.wire import NEED_DATA, Authenticated, Closed, PeerConnection
+from p2pull.reference import Digest
+from p2pull.testing.origin import TestOrigin
+from tests.swarm_harness import SECRET, Node, free_port, get_blob, swarm
+
+NAME = "team/uploads"
+CHUNK = 1 << 20
+SLOTS = 4  # the agent's default --max-uploads
+
+
+class Client:
+    """A bare protocol client connected to one node."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        port = free_port()
+        self.conn = PeerConnection(
+            node_id=f"127.0.0.1:{port}", listen_port=port, secret=SECRET,
+            nonce=secrets.token_bytes(16),
+        )  # fmt: skip
+
+    @classmethod
+    async def connect(cls, node: Node) -> Client:
+        client = cls(await trio.open_tcp_stream("127.0.0.1", node.agent.config.peer_addr.port))
+        await client.stream.send_all(client.conn.start())
+        while not isinstance(await client._next(), Authenticated):
+            pass
+        return client
+
+    async def send(self, *messages: Message) -> None:
+        """All in one write: the node reads them in one go, before any upload starts."""
+        await self.stream.send_all(b"".join(self.conn.send(m) for m in messages))
+
+    async def receive(self) -> Message:
+        while True:
+            event = await self._next()
+            if not isinstance(event, Authenticated):
+                return event
+
+    async def _next(self) -> Message | Authenticated:
+        while True:
+            event = self.conn.next_event()
+            if out := self.conn.data_to_send():
+                await self.stream.send_all(out)
+            if event is NEED_DATA:
+                self.conn.receive_data(await self.stream.receive_some(1 << 20))
+                continue
+            assert not isinstance(event, Closed), "the node closed the connection"
+            return event
+
+
+async def _node_holding_a_blob(
+    tmp_path: Path, nursery: trio.Nursery, chunks: int
+) -> tuple[Node, Digest, bytes]:
+    origin = TestOrigin()
+    await nursery.start(origin.run)
+    data = os.urandom(chunks * CHUNK)
+    digest = origin.add_blob(NAME, data)
+    nodes = await nursery.start(_one_node, tmp_path, origin)
+    async with httpx.AsyncClient(timeout=60) as http:
+        await get_blob(http, nodes[0], origin.netloc, NAME, digest)
+    return nodes[0], digest, data
+
+
+async def _one_node(
+    tmp_path: Path, origin: TestOrigin, *, task_status: trio.TaskStatus[list[Node]]
+) -> None:
+    async with swarm(tmp_path, origin, 1) as nodes:
+        task_status.started(nodes)
+        await trio.sleep_forever()
+
+
+async def test_requests_beyond_the_upload_slots_are_answered_busy(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            node, digest, data = await _node_holding_a_blob(tmp_path, nursery, 2 * SLOTS)
+            client = await Client.connect(node)
+            await client.send(*(Request(str(digest), i) for i in range(2 * SLOTS)))
+            answers = [await client.receive() for _ in range(2 * SLOTS)]
+            await client.stream.aclose()
+            nursery.cancel_scope.cancel()
+    pieces = sorted((a for a in answers if isinstance(a, Piece)), key=lambda p: p.index)
+    busy = sorted(a.index for a in answers if isinstance(a, Reject) and a.reason == REJECT_BUSY)
+    assert [p.index for p in pieces] == list(range(SLOTS))
+    assert all(p.data == data[p.index * CHUNK : (p.index + 1) * CHUNK] for p in pieces)
+    assert busy == list(range(SLOTS, 2 * SLOTS))
+
+
+async def test_a_cancelled_request_waiting_for_a_slot_is_never_sent(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            node, digest, _ = await _node_holding_a_blob(tmp_path, nursery, SLOTS + 1)
+            client = await Client.connect(node)
+            d = str(digest)
+            await client.send(*(Request(d, i) for i in range(SLOTS)), Cancel(d, 2))
+            first = [await client.receive() for _ in range(SLOTS - 1)]
+            # every upload that was going to happen is queued on the link by now; one more
+            # request whose piece comes after them shows that chunk 2 was not among them
+            await client.send(Request(d, SLOTS))
+            last = await client.receive()
+            await client.stream.aclose()
+            nursery.cancel_scope.cancel()
+    assert sorted(m.index for m in first if isinstance(m, Piece)) == [0, 1, 3]
+    assert isinstance(last, Piece) and last.index == SLOTS
