@@ -386,7 +386,11 @@ class BlobSwarm:
         if digest is not None:
             if self.hashes and self.hashes[index] is None:
                 self.hashes[index] = digest
-            self._broadcast(Have(self.digest, index, digest))
+            have = Have(self.digest, index, digest)
+            for peer in self.members:  # not to those that hold it: they need nothing from us
+                bits = self.peer_bits.get(peer)
+                if peer not in self.bad and (bits is None or not bits.has(index)):
+                    self._send(peer, have)
 
     def _broadcast(self, message: Message) -> None:
         for peer in self.members:
