@@ -1,4 +1,5 @@
-"""A hostile swarm member for tests: speaks the protocol, claims every chunk, serves garbage."""
+"""A fake swarm member for tests: speaks the protocol, claims every chunk, and answers requests
+with garbage (a hostile peer) or with Reject (a peer that lied or lost its data)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass, field
 import trio
 
 from p2pull.membership import Member
-from p2pull.peer.messages import BlobInfo, Interested, Piece, Request
+from p2pull.peer.messages import BlobInfo, Have, Interested, Piece, Reject, Request
 from p2pull.peer.wire import NEED_DATA, Authenticated, Closed, PeerConnection
 from p2pull.store.types import chunk_count
 
@@ -24,7 +25,9 @@ class CorruptPeer:
     chunk_size: int
     name: str
     ns: str
+    garbage: bool = True  # False: answer every request with Reject
     requests: list[tuple[str, int]] = field(default_factory=list)  # (peer id, chunk index)
+    haves: list[tuple[str, int]] = field(default_factory=list)  # (peer id, chunk index)
     _nursery: trio.Nursery = field(init=False)
 
     def _info(self) -> BlobInfo:
@@ -80,8 +83,14 @@ class CorruptPeer:
                             announced.started()
                     elif isinstance(event, Interested) and event.digest == self.digest:
                         await stream.send_all(conn.send(self._info()))
+                    elif isinstance(event, Have) and event.digest == self.digest:
+                        self.haves.append((conn.peer_id or "?", event.index))
                     elif isinstance(event, Request) and event.digest == self.digest:
                         self.requests.append((conn.peer_id or "?", event.index))
+                        if not self.garbage:
+                            reject = Reject(self.digest, event.index, "not held")
+                            await stream.send_all(conn.send(reject))
+                            continue
                         offset = event.index * self.chunk_size
                         length = min(self.chunk_size, self.size - offset)
                         garbage = secrets.token_bytes(length)

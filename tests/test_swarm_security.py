@@ -122,3 +122,40 @@ async def test_a_peer_without_the_cluster_secret_is_refused(tmp_path: Path) -> N
                 assert blobs_started == [0.0, 0.0]
                 assert origin.bytes_sent == 0 and not origin.requests
             nursery.cancel_scope.cancel()
+
+
+async def test_nodes_do_not_announce_chunks_to_a_peer_that_holds_them(tmp_path: Path) -> None:
+    """A peer whose bitfield says it holds everything gets no Haves from the leeches (it needs
+    nothing from them); only the seed, which never asked it what it holds, announces. The fake
+    answers every request with Reject, so nobody drops it and it stays a member throughout."""
+    fake_port = free_port()
+    fake_member = Member.of("127.0.0.1", fake_port)
+    origin = TestOrigin()
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(origin.run)
+            async with swarm(tmp_path, origin, 3, extra_peers=[fake_member]) as nodes:
+                members = [Member.of("127.0.0.1", n.agent.config.peer_addr.port) for n in nodes]
+                rng = random.Random(5)
+                while True:
+                    data = rng.randbytes(12 * CHUNK)
+                    digest = Digest.of(data)
+                    if rank([*members, fake_member], str(digest))[0] != fake_member:
+                        break
+                seed = rank(members, str(digest))[0]
+                origin.add_blob(NAME, data)
+                fake = CorruptPeer(
+                    fake_member, SECRET, str(digest), len(data), CHUNK, NAME, origin.netloc,
+                    garbage=False,
+                )  # fmt: skip
+                await nursery.start(fake.run)
+                await fake.join(members)
+                async with httpx.AsyncClient(timeout=60) as http, trio.open_nursery() as pulls:
+                    for node in nodes:
+                        pulls.start_soon(get_blob, http, node, origin.netloc, NAME, digest)
+            nursery.cancel_scope.cancel()
+    assert fake.requests, "nobody took the fake for a holder: the test proves nothing"
+    # a leech learns the fake's bitfield right after it learns the blob's size; a first chunk
+    # racing that answer may still be announced, every later one must not be (12 chunks each)
+    from_leeches = [(peer, index) for peer, index in fake.haves if peer != seed.node_id]
+    assert len(from_leeches) <= 2 * (len(nodes) - 1), from_leeches
