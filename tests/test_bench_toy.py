@@ -66,6 +66,7 @@ async def test_swarm_bench_toy_size_every_strategy(tmp_path: Path) -> None:
     for name, r in by_name.items():
         assert set(r) >= FIELDS, (name, FIELDS - set(r))
         assert r["ok"] and not r["failed"], (name, r["failed"])
+        assert r["runs_max_s"] == [r["max_s"]]
         assert r["size"] == SIZE and r["nodes"] == NODES and r["layers"] == 1
         assert len(r["times"]) == len(r["per_node"]) == NODES
         assert 0 < r["times"][0] <= r["p50_s"] <= r["max_s"] < DEADLINE
@@ -88,3 +89,17 @@ async def test_swarm_bench_toy_size_every_strategy(tmp_path: Path) -> None:
     if "bittorrent" in by_name:
         assert by_name["bittorrent"]["origin_egress_payload"] <= NODES * 1.05
         assert len(by_name["bittorrent"]["agent_cpu_s"]) == NODES
+
+
+def test_repeated_runs_report_the_median_and_every_run() -> None:
+    runs = [
+        {"max_s": 9.0, "ok": True, "failed": [], "p50_s": 8.0},
+        {"max_s": 11.0, "ok": False, "failed": [{"codes": ["502"]}], "p50_s": 9.0},
+        {"max_s": 10.0, "ok": True, "failed": [], "p50_s": 7.0},
+    ]
+    chosen = swarm_bench.median_run(runs)
+    assert (chosen["max_s"], chosen["p50_s"]) == (10.0, 7.0)
+    assert chosen["runs_max_s"] == [9.0, 11.0, 10.0]
+    assert chosen["ok"] is False and chosen["failed"] == [{"codes": ["502"]}]
+    assert swarm_bench.median_run(runs[:2])["max_s"] == 9.0  # even count: the lower middle
+    assert swarm_bench.parse_args(["--repeat", "3"]).repeat == 3
