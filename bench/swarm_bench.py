@@ -49,7 +49,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -101,20 +101,26 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    return sum(cpu_split(pid))
+class ProcStat(NamedTuple):
+    """CPU seconds of a process (all its threads) so far, and its minor page faults (fresh
+    memory touched: expensive on a ballooned VM)."""
+
+    user: float
+    system: float
+    faults: int
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.system
 
 
-def minor_faults(pid: int) -> int:
-    """Page faults of a process so far: fresh memory touched (expensive on a ballooned VM)."""
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
-
-
-def cpu_split(pid: int) -> tuple[float, float]:
-    """(utime, stime) of a process (all its threads), in seconds."""
+def proc_stat(pid: int) -> ProcStat:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
+    return ProcStat(int(fields[11]) / TICKS, int(fields[12]) / TICKS, int(fields[7]))
+
+
+def cpu_seconds(pid: int) -> float:
+    return proc_stat(pid).cpu
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -242,9 +248,7 @@ async def run_on(
             targets, query = [""] * len(nodes), ""
         else:
             targets, query = [served["url"]] * len(nodes), ""
-        cpu_before = [cpu_seconds(a.pid) for a in agents]
-        sys_before = [cpu_split(a.pid)[1] for a in agents]
-        faults_before = [minor_faults(a.pid) for a in agents]
+        before = [proc_stat(a.pid) for a in agents]
         origin_cpu_before = cpu_seconds(serve.pid)
         tx_before, packets_before = await iface_counters(net, origin_host)
         start_at = time.time() + 2.0
@@ -266,18 +270,20 @@ async def run_on(
             results = [await read_json_line(client) for client in clients]
             machine_after = machine_cpu()
         tx_after, packets_after = await iface_counters(net, origin_host)
-        cpu = [cpu_seconds(a.pid) - b for a, b in zip(agents, cpu_before, strict=True)]
-        kernel = [cpu_split(a.pid)[1] - b for a, b in zip(agents, sys_before, strict=True)]
-        faults = [minor_faults(a.pid) - b for a, b in zip(agents, faults_before, strict=True)]
+        after = [proc_stat(a.pid) for a in agents]
+        cpu = [a.cpu - b.cpu for a, b in zip(after, before, strict=True)]
+        kernel = [a.system - b.system for a, b in zip(after, before, strict=True)]
+        faults = [a.faults - b.faults for a, b in zip(after, before, strict=True)]
         origin_cpu = cpu_seconds(serve.pid) - origin_cpu_before
         sources = []
         if strategy == "p2pull":
             sources = [await agent_metrics(net, host) for host in nodes]
         app_sent = 0
         if strategy == "bittorrent":
-            cpu = [cpu_seconds(client.pid) for client in clients]  # the leechers, whole life
-            kernel = [cpu_split(client.pid)[1] for client in clients]
-            faults = [minor_faults(client.pid) for client in clients]
+            leechers = [proc_stat(client.pid) for client in clients]  # their whole life
+            cpu = [stat.cpu for stat in leechers]
+            kernel = [stat.system for stat in leechers]
+            faults = [stat.faults for stat in leechers]
             app_sent = await swarm.seeder_sent()
         serve.send_signal(signal.SIGTERM)
         app_sent += int((await read_json_line(serve))["bytes_sent"])

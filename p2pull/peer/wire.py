@@ -214,32 +214,32 @@ class PeerConnection:
         self._check_usable()
         if isinstance(message, Hello | Auth):
             raise LocalProtocolError(f"the handshake sends {type(message).__name__} by itself")
-        if self.state is not State.OPEN:
-            raise LocalProtocolError(
-                f"cannot send {type(message).__name__} while {self.state.value}"
-            )
+        self._check_sendable(type(message).__name__)
         parts = encode_parts(message)
         length = sum(map(len, parts))
-        if length > self._max_frame:
-            raise LocalProtocolError(
-                f"{type(message).__name__} is {length} bytes, over the {self._max_frame}-byte limit"
-            )
+        self._check_length(type(message).__name__, length)
         return b"".join([_HEADER.pack(length), *parts])
 
     def send_piece_header(self, digest: str, index: int, length: int) -> bytes:
         """The frame header and body of a Piece up to its data: send these bytes, then exactly
         ``length`` bytes of chunk (from a file, say). Same rules as ``send``."""
-        self._check_usable()
-        if self.state is not State.OPEN:
-            raise LocalProtocolError(f"cannot send Piece while {self.state.value}")
+        self._check_sendable("Piece")
         prefix = piece_prefix(digest, index, length)
-        if len(prefix) + length > self._max_frame:
-            raise LocalProtocolError(
-                f"Piece is {len(prefix) + length} bytes, over the {self._max_frame}-byte limit"
-            )
+        self._check_length("Piece", len(prefix) + length)
         return _HEADER.pack(len(prefix) + length) + prefix
 
     # --- internals ----------------------------------------------------------------------------
+
+    def _check_sendable(self, kind: str) -> None:
+        self._check_usable()
+        if self.state is not State.OPEN:
+            raise LocalProtocolError(f"cannot send {kind} while {self.state.value}")
+
+    def _check_length(self, kind: str, length: int) -> None:
+        if length > self._max_frame:
+            raise LocalProtocolError(
+                f"{kind} is {length} bytes, over the {self._max_frame}-byte limit"
+            )
 
     def _check_usable(self) -> None:
         if self._failure is not None:

@@ -50,7 +50,6 @@ class SwarmConfig:
     # Requests that may wait for a slot; beyond them a node answers "busy" and the requester
     # asks another holder at once instead of queueing behind a busy uplink while others idle.
     upload_queue: int = 0  # measured: 0-2 best, 4 and more slower (docs/benchmarks.md)
-    max_requests_per_link: int = 64
     window: int = 4
     peers_handout: int = 32
     info_timeout: float = 15.0
@@ -95,7 +94,6 @@ class SwarmNode:
         self._uploads = trio.Semaphore(config.upload_slots)
         self.upload_limit = RateLimiter(config.upload_rate)
         self.download_limit = download_limit  # shared with the origin fetcher: one node budget
-        self._requests: dict[str, int] = {}
         self._waiting: set[tuple[str, str, int]] = set()  # (peer, digest, index) before a slot
         self.superseed = SuperSeeder(copies=config.seed_copies, window=config.seed_window)
         self._nursery: trio.Nursery | None = None
@@ -136,7 +134,6 @@ class SwarmNode:
     # -- links -----------------------------------------------------------------------------------
 
     def _on_closed(self, link: PeerLink) -> None:
-        self._requests.pop(link.peer_id, None)
         if self.pool.link(link.peer_id) is not None:
             return  # a newer link to the same peer is up
         self.membership.suspect(link.peer_id, now=self.clock())
@@ -198,10 +195,8 @@ class SwarmNode:
         return removed
 
     def _on_request(self, link: PeerLink, request: Request) -> None:
-        outstanding = self._requests.get(link.peer_id, 0)
         if (
-            outstanding >= self.config.max_requests_per_link
-            or self._upload_backlog() >= self.config.upload_slots + self.config.upload_queue
+            self._upload_backlog() >= self.config.upload_slots + self.config.upload_queue
             or self._nursery is None
         ):
             link.send(Reject(request.digest, request.index, REJECT_BUSY))
@@ -209,7 +204,6 @@ class SwarmNode:
         if self._seeding_spent(request, link):
             link.send(Reject(request.digest, request.index, "seeded: ask the peers"))
             return
-        self._requests[link.peer_id] = outstanding + 1
         self._waiting.add((link.peer_id, request.digest, request.index))
         self._nursery.start_soon(self._upload, link, request)
 
@@ -254,5 +248,3 @@ class SwarmNode:
                     self.metrics.peer_upload_bytes.inc(length)
         finally:
             self._waiting.discard(key)
-            if link.peer_id in self._requests:
-                self._requests[link.peer_id] -= 1
