@@ -63,8 +63,12 @@ class Scheduler:
         # Ties between equally loaded peers are broken the same way: otherwise every node asks
         # the lowest-id holder first and that one uplink carries the chunk to everyone.
         self._salt = salt
-        tie = [hashlib.sha256(salt + i.to_bytes(8, "big")).digest()[:4] for i in range(chunk_count)]
-        self._tie_order = sorted(range(chunk_count), key=tie.__getitem__) if salt else None
+        self._tie_order: list[int] | None = None
+        if salt:
+            tie = [
+                hashlib.sha256(salt + i.to_bytes(8, "big")).digest()[:4] for i in range(chunk_count)
+            ]
+            self._tie_order = sorted(range(chunk_count), key=tie.__getitem__)
         self._tie_rank = [0] * chunk_count
         for rank, index in enumerate(self._tie_order or ()):
             self._tie_rank[index] = rank
