@@ -6,6 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
+import pytest
 import trio
 
 from p2pull.membership import Member
@@ -109,3 +110,33 @@ async def test_an_upload_on_a_closed_link_reports_false_and_does_not_wait(
         with trio.fail_after(5):
             assert await link.upload(D, 0, blob) is False  # type: ignore[arg-type]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_piece_trickling_in_is_read_in_big_parts_and_a_small_frame_after_it_promptly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reads: list[int] = []
+    receive_some = trio.SocketStream.receive_some
+
+    async def counted(self: trio.SocketStream, max_bytes: int | None = None) -> bytes:
+        data = await receive_some(self, max_bytes)
+        reads.append(len(data))
+        return data
+
+    monkeypatch.setattr(trio.SocketStream, "receive_some", counted)
+    data = os.urandom(1 << 20)
+    have = Have(D, 0, hashlib.sha256(b"x").digest())
+    inbox = Inbox(expect=2)
+    async with trio.open_nursery() as nursery:
+        _, _, link = await _pair(nursery, inbox)
+        framed = link.conn.send(Piece(D, 1, data))
+        reads.clear()
+        for offset in range(0, len(framed), 4096):  # a slow link: a packet or so at a time
+            await link.stream.send_all(framed[offset : offset + 4096])
+            await trio.sleep(0.0005)
+        await link.stream.send_all(link.conn.send(have))
+        with trio.fail_after(10):
+            await inbox.arrived.wait()
+        nursery.cancel_scope.cancel()
+    assert inbox.messages == [Piece(D, 1, data), have]
+    assert len(reads) <= 24, f"{len(reads)} reads for 257 trickled writes"

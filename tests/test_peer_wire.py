@@ -559,6 +559,20 @@ def test_many_small_frames_and_a_big_piece_stream_through() -> None:
     assert events[-1] == Have(D, 19_999, H)
 
 
+def test_frame_remaining_counts_what_the_begun_frame_still_needs() -> None:
+    a, b = make("node-a"), make("node-b")
+    handshake(a, b)
+    piece = b.send(Piece(D, 3, b"x" * 100_000))
+    assert a.frame_remaining() == 0  # nothing begun
+    a.receive_data(piece[:3])
+    assert (drain(a), a.frame_remaining()) == ([], 0)  # the length prefix is not complete
+    a.receive_data(piece[3:40_000])
+    assert (drain(a), a.frame_remaining()) == ([], len(piece) - 40_000)
+    a.receive_data(piece[40_000:] + b.send(Have(D, 1, H))[:2])
+    assert drain(a) == [Piece(D, 3, b"x" * 100_000)]
+    assert a.frame_remaining() == 0  # the next frame's prefix is partial again
+
+
 # --- hostile bytes -----------------------------------------------------------------------------
 
 

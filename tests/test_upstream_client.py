@@ -178,6 +178,22 @@ async def test_blob_streams_from_offset(
         assert origin.requests[-1].range == (f"bytes={start}-" if start else None)
 
 
+async def test_a_body_trickling_in_is_read_in_big_parts(http: httpx.AsyncClient) -> None:
+    origin = TestOrigin(piece_size=4096)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(origin.run)
+        data = blob_bytes(2 << 20)
+        digest = origin.add_blob(NAME, data)
+        origin.fault(digest).rate = 16e6  # 4 KiB every 0.25 ms: a packet at a time
+        with trio.fail_after(DEADLINE):
+            async with registry(origin, http).open_blob(NAME, digest) as body:
+                parts = [chunk async for chunk in body.chunks()]
+        nursery.cancel_scope.cancel()
+    assert b"".join(parts) == data
+    # 512 writes; big reads until the last 128 KiB (which may sit in buffers), then small ones
+    assert len(parts) <= 80, f"{len(parts)} reads"
+
+
 async def test_offset_at_or_past_the_end_is_refused(
     origin: TestOrigin, http: httpx.AsyncClient
 ) -> None:

@@ -203,6 +203,15 @@ class PeerConnection:
             self._fail(exc)
             raise
 
+    def frame_remaining(self) -> int:
+        """Bytes still to come of the frame begun in the buffer (0: none begun, or its length
+        prefix is not complete yet). Lets the shell wait for a large frame in big gulps."""
+        available = len(self._buffer) - self._pos
+        if available < _HEADER.size:
+            return 0
+        length: int = _HEADER.unpack_from(self._buffer, self._pos)[0]
+        return max(0, _HEADER.size + length - available)
+
     def data_to_send(self) -> bytes:
         """Bytes the machine queued by itself (our Auth); send them after each ``next_event``."""
         out = b"".join(self._outgoing)

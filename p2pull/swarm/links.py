@@ -18,6 +18,7 @@ from typing import TypeAlias
 import trio
 
 from p2pull.errors import P2pullError
+from p2pull.lowat import RecvLowat
 from p2pull.membership import Member
 from p2pull.peer.messages import LocalProtocolError, Message
 from p2pull.peer.wire import (
@@ -285,9 +286,11 @@ class PeerPool:
 
     async def _read(self, link: PeerLink) -> None:
         conn = link.conn
+        lowat = RecvLowat(link.stream.socket)
         while True:
             event = conn.next_event()
             if event is NEED_DATA:
+                lowat.expect(conn.frame_remaining())  # a large frame: wake for big parts
                 data = await link.stream.receive_some(RECEIVE_SIZE)
                 conn.receive_data(data)
                 continue

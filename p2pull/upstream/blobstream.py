@@ -8,9 +8,11 @@ from collections.abc import AsyncGenerator, AsyncIterator
 import httpx
 
 from p2pull.errors import TruncatedBody, UpstreamError
+from p2pull.lowat import RecvLowat
 from p2pull.metrics import Metrics
 from p2pull.upstream.endpoints import parse_length
 
+BUFFERED_MAX = 128 * 1024  # what httpcore (one 64 KiB read) and TLS may hold
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
 
@@ -71,33 +73,49 @@ class StreamedBlob:
         position, skip = self.start, self._skip
         preloaded = _preloaded(self.response)
         stream = self.response.aiter_raw() if preloaded is None else _once(preloaded)
-        while True:
-            try:
-                data = await anext(stream)
-            except StopAsyncIteration:
-                break
-            except (httpx.HTTPError, httpx.StreamError) as exc:
-                self._metrics.upstream_errors.labels("truncated").inc()
-                raise TruncatedBody(
-                    f"GET {self._what}: stream broke at byte {position} of {self.size}: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
-            self._metrics.upstream_bytes.inc(len(data))
-            if skip:
-                dropped = min(skip, len(data))
-                data, skip = data[dropped:], skip - dropped
-            if not data:
-                continue
-            position += len(data)
-            if position > self._end:
-                raise UpstreamError(f"GET {self._what}: more bytes than announced")
-            yield data
+        lowat = _lowat(self.response)
+        try:
+            while True:
+                if lowat is not None:
+                    # Bytes certainly still on the wire: the rest of the body, less what
+                    # httpcore or TLS may hold already read (one 64 KiB read and a record).
+                    lowat.expect(self._end - position + skip - BUFFERED_MAX)
+                try:
+                    data = await anext(stream)
+                except StopAsyncIteration:
+                    break
+                except (httpx.HTTPError, httpx.StreamError) as exc:
+                    self._metrics.upstream_errors.labels("truncated").inc()
+                    raise TruncatedBody(
+                        f"GET {self._what}: stream broke at byte {position} of {self.size}: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+                self._metrics.upstream_bytes.inc(len(data))
+                if skip:
+                    dropped = min(skip, len(data))
+                    data, skip = data[dropped:], skip - dropped
+                if not data:
+                    continue
+                position += len(data)
+                if position > self._end:
+                    raise UpstreamError(f"GET {self._what}: more bytes than announced")
+                yield data
+        finally:
+            if lowat is not None:
+                lowat.reset()  # the connection may carry another response next
         if position < self._end or skip:
             self._metrics.upstream_errors.labels("truncated").inc()
             raise TruncatedBody(f"GET {self._what}: body ended at byte {position} of {self.size}")
         if self._end < self.size:
             # A 206 that stopped before the end: the caller resumes from here like a short body.
             raise TruncatedBody(f"GET {self._what}: range ended at byte {position} of {self.size}")
+
+
+def _lowat(response: httpx.Response) -> RecvLowat | None:
+    """The response's socket, when httpx exposes it (not for an in-memory transport)."""
+    network_stream = response.extensions.get("network_stream")
+    sock = None if network_stream is None else network_stream.get_extra_info("socket")
+    return None if sock is None else RecvLowat(sock)
 
 
 def _preloaded(response: httpx.Response) -> bytes | None:
