@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from p2pull.bitfield import Bitfield
@@ -76,6 +76,7 @@ class Scheduler:
         self._have = Bitfield(chunk_count)  # ValueError if chunk_count < 0
         self._missing = set(range(chunk_count))  # the same, for fast iteration
         self._peers: dict[str, Bitfield] = {}
+        self._useful: dict[str, set[int]] = {}  # per peer: what it holds that we miss
         self._availability = [0] * chunk_count  # how many known peers hold each chunk
         self._by_chunk: dict[int, dict[str, float]] = {}  # in flight: index -> {peer: sent at}
         self._by_peer: dict[str, dict[int, float]] = {}  # the same, per peer
@@ -96,6 +97,8 @@ class Scheduler:
         self._have.set(index)  # IndexError when out of range
         self._missing.discard(index)
         self._dirty = True
+        for useful in self._useful.values():
+            useful.discard(index)
         for peer in list(self._by_chunk.get(index, ())):
             self._release(peer, index)
             self._stale.setdefault(index, set()).add(peer)
@@ -109,6 +112,7 @@ class Scheduler:
             for index in old.present():
                 self._availability[index] -= 1
         self._peers[peer] = bitfield.copy()
+        self._useful[peer] = {index for index in bitfield.present() if index in self._missing}
         self._by_peer.setdefault(peer, {})
         self._dirty = True
         if self._salt and peer not in self._peer_tie:
@@ -124,12 +128,15 @@ class Scheduler:
         if not field.has(index):
             field.set(index)
             self._availability[index] += 1
-            if not self._have.has(index) and len(self._by_peer[peer]) < self.max_in_flight_per_peer:
-                self._dirty = True
+            if index in self._missing:
+                self._useful[peer].add(index)
+                if len(self._by_peer[peer]) < self.max_in_flight_per_peer:
+                    self._dirty = True
 
     def remove_peer(self, peer: str) -> list[int]:
         """Forget ``peer``; returns the chunks it had in flight, now released (ascending)."""
         field = self._peers.pop(peer, None)
+        self._useful.pop(peer, None)
         self._dirty = True
         if field is not None:
             for index in field.present():
@@ -216,7 +223,7 @@ class Scheduler:
         out: list[Assignment] = []
         if not free:
             return out
-        for index in self._wanted():
+        for index in self._wanted(free):
             self._assign(index, free, now, out)
             if not free:
                 return out
@@ -269,23 +276,21 @@ class Scheduler:
             if not peers:
                 del self._stale[index]
 
-    def _needed(self, index: int) -> bool:
-        return not self._have.has(index) and index not in self._by_chunk
+    def _wanted(self, free: dict[str, int]) -> Iterator[int]:
+        """Missing chunks nobody is fetching that a free peer has, in the order to ask for them.
 
-    def _wanted(self) -> Iterator[int]:
-        """Missing chunks nobody is fetching, some peer has, in the order they should be asked."""
+        Only chunks some free peer can give are considered (the others could not be assigned
+        anyway): with many chunks missing, this keeps a pass proportional to what is on offer.
+        """
         window, availability, in_flight = self._window, self._availability, self._by_chunk
-        yield from (i for i in window if self._needed(i) and availability[i])
-        missing = self._missing
-        if self._tie_order is None:
-            rest = sorted(i for i in missing if availability[i] and i not in in_flight)
-        else:  # already in the tie order (cheaper than sorting by it each time)
-            if 4 * len(missing) > len(self._tie_order):
-                order: Iterable[int] = self._tie_order
-            else:
-                order = sorted(missing, key=self._tie_rank.__getitem__)
-            rest = [i for i in order if i in missing and availability[i] and i not in in_flight]
-        rest.sort(key=availability.__getitem__)  # stable: rarest first, then the tie order
+        offer: set[int] = set().union(*(self._useful[peer] for peer in free))
+        offer.difference_update(in_flight)
+        yield from (i for i in window if i in offer)
+        rank = self._tie_rank if self._tie_order is not None else None
+        if rank is None:
+            rest = sorted(offer, key=lambda i: (availability[i], i))
+        else:  # rarest first, ties in this node's order
+            rest = sorted(offer, key=lambda i: (availability[i], rank[i]))
         yield from (i for i in rest if i not in window)
 
     def _in_endgame(self) -> bool:
@@ -310,7 +315,7 @@ class Scheduler:
             (len(self._by_peer[peer]), tie.get(peer, b""), peer)
             for peer in free
             if peer not in asked
-            and self._peers[peer].has(index)
+            and index in self._useful[peer]
             and (peer, index) not in self._avoid_until
         ]
         if not candidates:
