@@ -140,3 +140,35 @@ async def test_a_piece_trickling_in_is_read_in_big_parts_and_a_small_frame_after
         nursery.cancel_scope.cancel()
     assert inbox.messages == [Piece(D, 1, data), have]
     assert len(reads) <= 24, f"{len(reads)} reads for 257 trickled writes"
+
+
+async def test_small_frames_queued_together_go_out_in_few_sends_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sends: list[int] = []
+    send_all = trio.SocketStream.send_all
+
+    async def counted(self: trio.SocketStream, data: bytes | bytearray | memoryview) -> None:
+        sends.append(len(data))
+        await send_all(self, data)
+
+    monkeypatch.setattr(trio.SocketStream, "send_all", counted)
+    data = os.urandom(CHUNK)
+    (tmp_path / "blob").write_bytes(data)
+    blob = FileChunks(tmp_path / "blob", size=CHUNK, chunk_size=CHUNK)
+    haves = [Have(D, i, hashlib.sha256(b"%d" % i).digest()) for i in range(300)]
+    inbox = Inbox(expect=301)
+    async with trio.open_nursery() as nursery:
+        _, _, link = await _pair(nursery, inbox)
+        sends.clear()
+        for have in haves[:150]:  # no checkpoint between them: all queued at once
+            link.send(have)
+        sent = await link.upload(D, 0, blob)  # type: ignore[arg-type]
+        for have in haves[150:]:
+            link.send(have)
+        with trio.fail_after(10):
+            await inbox.arrived.wait()
+        nursery.cancel_scope.cancel()
+    assert sent
+    assert inbox.messages == [*haves[:150], Piece(D, 0, data), *haves[150:]]
+    assert len(sends) <= 6, sends  # 300 frames of ~90 bytes; the piece goes by sendfile

@@ -36,9 +36,11 @@ log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 1024 * 1024
 PIECE_SLOTS_PER_LINK = 2
+COALESCE_MAX = 64 * 1024  # small frames queued together go out in one send, up to this much
 
 
 Outgoing: TypeAlias = bytes | FileRegion
+Queued: TypeAlias = "tuple[Outgoing, _Delivery | None]"
 
 
 class PeerLink:
@@ -85,20 +87,34 @@ class PeerLink:
 
     async def run_writer(self) -> None:
         async with self._queue_receive:
+            ahead: Queued | None = None
             try:
-                async for item, delivery in self._queue_receive:
+                while True:
+                    if ahead is None:
+                        try:
+                            ahead = await self._queue_receive.receive()
+                        except trio.EndOfChannel:
+                            return
+                    batch, ahead = self._batch(ahead)
                     try:
+                        item = batch[0][0]
                         if isinstance(item, FileRegion):
                             await sendfile_all(self.stream, item)
                         else:
-                            await self.stream.send_all(item)
-                        if delivery is not None:
-                            delivery.sent = True
+                            parts = [part for part, _ in batch if isinstance(part, bytes)]
+                            data = parts[0] if len(parts) == 1 else b"".join(parts)
+                            await self.stream.send_all(data)
+                        for _, delivery in batch:
+                            if delivery is not None:
+                                delivery.sent = True
                     finally:
-                        if delivery is not None:
-                            delivery.done.set()
+                        for _, delivery in batch:
+                            if delivery is not None:
+                                delivery.done.set()
             finally:
                 self.closed = True
+                if ahead is not None and ahead[1] is not None:
+                    ahead[1].done.set()
                 while True:  # whoever waits on a queued upload learns it was dropped
                     try:
                         _, delivery = self._queue_receive.receive_nowait()
@@ -106,6 +122,25 @@ class PeerLink:
                         break
                     if delivery is not None:
                         delivery.done.set()
+
+    def _batch(self, first: Queued) -> tuple[list[Queued], Queued | None]:
+        """``first`` and the small frames queued right behind it, to go out in one send (a
+        burst of Haves and Requests is one system call, not one each); returns the batch and
+        the item after it, if one was taken off the queue."""
+        batch = [first]
+        if isinstance(first[0], FileRegion) or len(first[0]) >= COALESCE_MAX:
+            return batch, None
+        size = len(first[0])
+        while size < COALESCE_MAX:
+            try:
+                item = self._queue_receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            if isinstance(item[0], FileRegion) or len(item[0]) >= COALESCE_MAX:
+                return batch, item
+            batch.append(item)
+            size += len(item[0])
+        return batch, None
 
     def close(self) -> None:
         self.closed = True
