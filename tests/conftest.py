@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -12,6 +12,21 @@ import pytest
 from p2pull.store.disk import DiskStore
 from p2pull.store.memory import MemoryStore
 from p2pull.store.types import BlobStore
+from tests.realparts import require_realparts, short_tmpdir
+
+
+@pytest.fixture(autouse=True)
+def _realparts(request: pytest.FixtureRequest) -> None:
+    """Tests marked ``realparts`` skip, with the reason, where containerd and friends are not."""
+    if request.node.get_closest_marker("realparts") is not None:
+        require_realparts()
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A short scratch directory (unix socket paths must stay under 108 bytes)."""
+    with short_tmpdir() as path:
+        yield path
 
 
 class StoreFactory(Protocol):

@@ -49,7 +49,6 @@ from tests.realparts import (
     open_stack,
     push_image,
     requested_urls,
-    require_realparts,
     short_tmpdir,
 )
 
@@ -64,17 +63,6 @@ TAG = "v1"
 HEADERS_ALLOWANCE = 16 * 1024  # HTTP heads of the handful of upstream requests of one pull
 TAG_HEAD_MAX = 4 * 1024  # a manifest HEAD by tag: request line, headers, no body
 STOP_TIMEOUT = 10.0
-
-
-@pytest.fixture(autouse=True)
-def _realparts() -> None:
-    require_realparts()
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    with short_tmpdir() as path:
-        yield path
 
 
 @pytest.fixture(scope="module")

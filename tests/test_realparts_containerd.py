@@ -8,7 +8,7 @@ the agent can stop at any time (containerd falls back to ``server``), real conta
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,8 +24,6 @@ from tests.realparts import (
     open_stack,
     push_image,
     requested_urls,
-    require_realparts,
-    short_tmpdir,
 )
 
 pytestmark = pytest.mark.realparts
@@ -33,17 +31,6 @@ pytestmark = pytest.mark.realparts
 DEADLINE = 120
 LAYERS = [1536 * 1024, 2 * 1024 * 1024, 768 * 1024]  # incompressible: 4.3 MiB on the wire
 REPO = "p2pull/synthetic"
-
-
-@pytest.fixture(autouse=True)
-def _realparts() -> None:
-    require_realparts()
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    with short_tmpdir() as path:
-        yield path
 
 
 @contextlib.asynccontextmanager

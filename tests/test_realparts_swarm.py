@@ -21,7 +21,6 @@ from tests.realparts import (
     make_oci_layout,
     open_stack,
     push_image,
-    require_realparts,
     short_tmpdir,
 )
 from tests.test_realparts_agent import assert_stored, blob_sizes, pull_ok, running_agent
@@ -32,17 +31,6 @@ MiB = 1024 * 1024
 NODES = 3
 REPO, TAG = "p2pull/swarm", "v1"
 HEADERS_ALLOWANCE = 32 * 1024
-
-
-@pytest.fixture(autouse=True)
-def _realparts() -> None:
-    require_realparts()
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    with short_tmpdir() as path:
-        yield path
 
 
 @pytest.fixture(scope="module")
