@@ -1,5 +1,6 @@
-"""A fake swarm member for tests: speaks the protocol, claims every chunk, and answers requests
-with garbage (a hostile peer) or with Reject (a peer that lied or lost its data)."""
+"""Playing a peer in tests: ``RawSession`` drives one connection by hand; ``CorruptPeer`` is a
+fake swarm member that claims every chunk and answers requests with garbage (a hostile peer) or
+with Reject (a peer that lied or lost its data)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,40 @@ from dataclasses import dataclass, field
 import trio
 
 from p2pull.membership import Member
-from p2pull.peer.messages import BlobInfo, Have, Interested, Piece, Reject, Request
+from p2pull.peer.messages import BlobInfo, Have, Interested, Message, Piece, Reject, Request
 from p2pull.peer.wire import NEED_DATA, Authenticated, Closed, PeerConnection
 from p2pull.store.types import chunk_count
+
+
+class RawSession:
+    """One authenticated peer connection over a trio stream, driven by the test: the real
+    handshake and framing (``PeerConnection``), none of the agent's link machinery."""
+
+    def __init__(
+        self, stream: trio.SocketStream, *, node_id: str, port: int, secret: bytes
+    ) -> None:
+        self.stream = stream
+        self.conn = PeerConnection(
+            node_id=node_id, listen_port=port, secret=secret, nonce=secrets.token_bytes(16)
+        )
+
+    async def start(self) -> None:
+        """Send our Hello (the handshake then proceeds inside ``next_event``)."""
+        await self.stream.send_all(self.conn.start())
+
+    async def send(self, *messages: Message) -> None:
+        """All in one write: the other side reads them in one go."""
+        await self.stream.send_all(b"".join(self.conn.send(m) for m in messages))
+
+    async def next_event(self) -> Message | Authenticated | Closed:
+        while True:
+            event = self.conn.next_event()
+            if out := self.conn.data_to_send():
+                await self.stream.send_all(out)
+            if event is NEED_DATA:
+                self.conn.receive_data(await self.stream.receive_some(1 << 20))
+                continue
+            return event
 
 
 @dataclass
@@ -59,41 +91,33 @@ class CorruptPeer:
     async def _serve(
         self, stream: trio.SocketStream, *, announced: trio.TaskStatus[None] | None = None
     ) -> None:
-        conn = PeerConnection(
-            node_id=self.member.node_id,
-            listen_port=self.member.port,
-            secret=self.secret,
-            nonce=secrets.token_bytes(16),
+        session = RawSession(
+            stream, node_id=self.member.node_id, port=self.member.port, secret=self.secret
         )
         async with stream:
-            await stream.send_all(conn.start())
+            await session.start()
             try:
                 while True:
-                    event = conn.next_event()
-                    if out := conn.data_to_send():
-                        await stream.send_all(out)
-                    if event is NEED_DATA:
-                        conn.receive_data(await stream.receive_some(1 << 20))
-                    elif isinstance(event, Closed):
+                    event = await session.next_event()
+                    peer = session.conn.peer_id or "?"
+                    if isinstance(event, Closed):
                         return
-                    elif isinstance(event, Authenticated):
+                    if isinstance(event, Authenticated):
                         if announced is not None:
-                            message = Interested(self.digest, self.name, self.ns)
-                            await stream.send_all(conn.send(message))
+                            await session.send(Interested(self.digest, self.name, self.ns))
                             announced.started()
                     elif isinstance(event, Interested) and event.digest == self.digest:
-                        await stream.send_all(conn.send(self._info()))
+                        await session.send(self._info())
                     elif isinstance(event, Have) and event.digest == self.digest:
-                        self.haves.append((conn.peer_id or "?", event.index))
+                        self.haves.append((peer, event.index))
                     elif isinstance(event, Request) and event.digest == self.digest:
-                        self.requests.append((conn.peer_id or "?", event.index))
-                        if not self.garbage:
-                            reject = Reject(self.digest, event.index, "not held")
-                            await stream.send_all(conn.send(reject))
-                            continue
-                        offset = event.index * self.chunk_size
-                        length = min(self.chunk_size, self.size - offset)
-                        garbage = secrets.token_bytes(length)
-                        await stream.send_all(conn.send(Piece(self.digest, event.index, garbage)))
+                        self.requests.append((peer, event.index))
+                        await session.send(self._answer(event.index))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
+
+    def _answer(self, index: int) -> Piece | Reject:
+        if not self.garbage:
+            return Reject(self.digest, index, "not held")
+        length = min(self.chunk_size, self.size - index * self.chunk_size)
+        return Piece(self.digest, index, secrets.token_bytes(length))

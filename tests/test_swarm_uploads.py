@@ -4,16 +4,16 @@ request still waiting for a slot means the chunk is never sent."""
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 import httpx
 import trio
 
 from p2pull.peer.messages import REJECT_BUSY, Cancel, Message, Piece, Reject, Request
-from p2pull.peer.wire import NEED_DATA, Authenticated, Closed, PeerConnection
+from p2pull.peer.wire import Authenticated, Closed
 from p2pull.reference import Digest
 from p2pull.testing.origin import TestOrigin
+from tests.fake_peer import RawSession
 from tests.swarm_harness import SECRET, Node, free_port, get_blob, swarm
 
 NAME = "team/uploads"
@@ -21,45 +21,25 @@ CHUNK = 1 << 20
 SLOTS = 4  # the agent's default --max-uploads
 
 
-class Client:
+class Client(RawSession):
     """A bare protocol client connected to one node."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        port = free_port()
-        self.conn = PeerConnection(
-            node_id=f"127.0.0.1:{port}", listen_port=port, secret=SECRET,
-            nonce=secrets.token_bytes(16),
-        )  # fmt: skip
 
     @classmethod
     async def connect(cls, node: Node) -> Client:
-        client = cls(await trio.open_tcp_stream("127.0.0.1", node.agent.config.peer_addr.port))
-        await client.stream.send_all(client.conn.start())
-        while not isinstance(await client._next(), Authenticated):
+        stream = await trio.open_tcp_stream("127.0.0.1", node.agent.config.peer_addr.port)
+        port = free_port()
+        client = cls(stream, node_id=f"127.0.0.1:{port}", port=port, secret=SECRET)
+        await client.start()
+        while not isinstance(await client.next_event(), Authenticated):
             pass
         return client
 
-    async def send(self, *messages: Message) -> None:
-        """All in one write: the node reads them in one go, before any upload starts."""
-        await self.stream.send_all(b"".join(self.conn.send(m) for m in messages))
-
     async def receive(self) -> Message:
         while True:
-            event = await self._next()
+            event = await self.next_event()
+            assert not isinstance(event, Closed), "the node closed the connection"
             if not isinstance(event, Authenticated):
                 return event
-
-    async def _next(self) -> Message | Authenticated:
-        while True:
-            event = self.conn.next_event()
-            if out := self.conn.data_to_send():
-                await self.stream.send_all(out)
-            if event is NEED_DATA:
-                self.conn.receive_data(await self.stream.receive_some(1 << 20))
-                continue
-            assert not isinstance(event, Closed), "the node closed the connection"
-            return event
 
 
 async def _node_holding_a_blob(
