@@ -112,10 +112,19 @@ class BlobSwarm:
                 return
             await self._handle(*event)
 
+    async def post(self, event: tuple[str, str, object]) -> None:
+        """Put ``event`` in the inbox; waits only while the inbox is full. (trio's ``send``
+        always passes through the scheduler; once per peer message that cost ~10 % of an
+        agent's CPU in a storm with 128 KiB chunks.)"""
+        try:
+            self.inbox.send_nowait(event)
+        except trio.WouldBlock:
+            await self.inbox.send(event)
+
     async def _forward_landed(self, landed: trio.MemoryReceiveChannel[int]) -> None:
         async with landed:
             async for index in landed:
-                await self.inbox.send(("landed", "", index))
+                await self.post(("landed", "", index))
 
     def _complete(self) -> bool:
         blob = self.transfer.blob

@@ -162,7 +162,7 @@ class SwarmNode:
             return
         swarm = self.swarms.get(digest)
         if swarm is not None:
-            await swarm.inbox.send(("msg", link.peer_id, message))
+            await swarm.post(("msg", link.peer_id, message))
         elif isinstance(message, Interested):
             await self._on_interested(link, digest, message)
 
@@ -182,7 +182,7 @@ class SwarmNode:
         if transfer is None:
             await self._on_interested(link, digest, message)  # it completed meanwhile
             return
-        await self._swarm(transfer).inbox.send(("msg", link.peer_id, message))
+        await self._swarm(transfer).post(("msg", link.peer_id, message))
 
     async def purge(self, digest: Digest, *, origin: str) -> bool:
         """Drop a blob on a peer's request (an operator's ``purge --all-nodes``); a blob being
