@@ -12,7 +12,9 @@ import trio
 from p2pull.membership import Member
 from p2pull.peer.messages import Have, Message, Piece
 from p2pull.store.types import ByteSink
+from p2pull.swarm import links
 from p2pull.swarm.links import PeerLink, PeerPool
+from tests.recording import record_sends
 
 D = "sha256:" + "ab" * 32
 SECRET = b"s" * 32
@@ -145,14 +147,7 @@ async def test_a_piece_trickling_in_is_read_in_big_parts_and_a_small_frame_after
 async def test_small_frames_queued_together_go_out_in_few_sends_in_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sends: list[int] = []
-    send_all = trio.SocketStream.send_all
-
-    async def counted(self: trio.SocketStream, data: bytes | bytearray | memoryview) -> None:
-        sends.append(len(data))
-        await send_all(self, data)
-
-    monkeypatch.setattr(trio.SocketStream, "send_all", counted)
+    sends = record_sends(monkeypatch, links, "send_all_eager")  # the writer's one send per batch
     data = os.urandom(CHUNK)
     (tmp_path / "blob").write_bytes(data)
     blob = FileChunks(tmp_path / "blob", size=CHUNK, chunk_size=CHUNK)

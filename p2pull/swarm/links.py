@@ -29,7 +29,7 @@ from p2pull.peer.wire import (
     RemoteProtocolError,
     State,
 )
-from p2pull.sendfile import FileRegion, sendfile_all
+from p2pull.sendfile import FileRegion, send_all_eager, sendfile_all
 from p2pull.store.types import StoredBlob
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,13 @@ class PeerLink:
             try:
                 while True:
                     if ahead is None:
-                        try:
-                            ahead = await self._queue_receive.receive()
+                        try:  # waits only when the queue is empty (receive always yields)
+                            ahead = self._queue_receive.receive_nowait()
+                        except trio.WouldBlock:
+                            try:
+                                ahead = await self._queue_receive.receive()
+                            except trio.EndOfChannel:
+                                return
                         except trio.EndOfChannel:
                             return
                     batch, ahead = self._batch(ahead)
@@ -103,7 +108,7 @@ class PeerLink:
                         else:
                             parts = [part for part, _ in batch if isinstance(part, bytes)]
                             data = parts[0] if len(parts) == 1 else b"".join(parts)
-                            await self.stream.send_all(data)
+                            await send_all_eager(self.stream, data)
                         for _, delivery in batch:
                             if delivery is not None:
                                 delivery.sent = True
