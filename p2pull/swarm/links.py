@@ -9,10 +9,11 @@ bounds what a slow peer can make us hold. A peer's errors end that link only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeAlias
 
 import trio
@@ -65,7 +66,7 @@ class PeerLink:
         """Send chunk ``index`` of ``blob`` as a Piece; True once it is on the wire (in the
         kernel's buffer), False if the link went away first. Store errors propagate."""
         offset, length = blob.chunk_span(index)
-        async with self._piece_slots:
+        async with slot(self._piece_slots):
             if self.closed or self.conn.state is not State.OPEN:
                 return False
             sink = _PieceSink(self, self.conn.send_piece_header(digest, index, length), length)
@@ -150,6 +151,20 @@ class PeerLink:
     def close(self) -> None:
         self.closed = True
         self._queue_send.close()
+
+
+@contextlib.asynccontextmanager
+async def slot(semaphore: trio.Semaphore) -> AsyncIterator[None]:
+    """Hold one of ``semaphore``'s slots; a free slot is taken without a scheduler trip (trio's
+    acquire always yields), a taken one is waited for."""
+    try:
+        semaphore.acquire_nowait()
+    except trio.WouldBlock:
+        await semaphore.acquire()
+    try:
+        yield
+    finally:
+        semaphore.release()
 
 
 class _PieceSink:

@@ -32,7 +32,7 @@ from p2pull.ratelimit import UNLIMITED, RateLimiter
 from p2pull.reference import Digest, validate_name
 from p2pull.store.types import BlobStore
 from p2pull.swarm.blobswarm import BlobSwarm, blob_info
-from p2pull.swarm.links import PeerLink, PeerPool
+from p2pull.swarm.links import PeerLink, PeerPool, slot
 from p2pull.swarm.superseed import SuperSeeder
 from p2pull.transfer import Transfer
 
@@ -225,7 +225,7 @@ class SwarmNode:
     async def _upload(self, link: PeerLink, request: Request) -> None:
         key = (link.peer_id, request.digest, request.index)
         try:
-            async with self._uploads:
+            async with slot(self._uploads):
                 if key not in self._waiting:
                     return  # cancelled while it waited
                 self._waiting.discard(key)
