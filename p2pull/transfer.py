@@ -117,11 +117,29 @@ class BlobReader:
                 index = offset // blob.chunk_size
                 if self.transfer is not None:
                     await self.transfer.wait_chunk(index)
-                chunk_offset, chunk_length = blob.chunk_span(index)
-                count = min(end, chunk_offset + chunk_length) - offset
-                await blob.send(sink, offset=offset, length=count)
-                source = "local"
-                if self.transfer is not None:
-                    source = self.transfer.sources.get(index, "local")
-                on_sent(source, count)
-                offset += count
+                # with it, every servable chunk right after it: one send for the run (chunks
+                # land out of order, so several are often waiting when the awaited one comes)
+                last = index
+                while (
+                    last + 1 < blob.bitfield.length
+                    and (last + 1) * blob.chunk_size < end
+                    and self._servable(last + 1)
+                ):
+                    last += 1
+                stop = min(end, sum(blob.chunk_span(last)))
+                await blob.send(sink, offset=offset, length=stop - offset)
+                for i in range(index, last + 1):
+                    chunk_offset, chunk_length = blob.chunk_span(i)
+                    count = min(stop, chunk_offset + chunk_length) - max(offset, chunk_offset)
+                    source = "local"
+                    if self.transfer is not None:
+                        source = self.transfer.sources.get(i, "local")
+                    on_sent(source, count)
+                offset = stop
+
+    def _servable(self, index: int) -> bool:
+        """May chunk ``index`` be served without waiting (as ``Transfer.wait_chunk`` decides)?"""
+        blob = self.blob
+        if self.transfer is None or blob.complete:
+            return True
+        return index != blob.bitfield.length - 1 and blob.bitfield.has(index)

@@ -1,0 +1,56 @@
+"""A reader following a transfer: chunks that land out of order go out in as few sends as the
+order allows, each accounted to its source, and the last chunk waits for the whole digest."""
+
+from __future__ import annotations
+
+import trio
+
+from p2pull.reference import Digest
+from p2pull.transfer import BlobReader, Transfer
+from tests.conftest import RecordingSink, StoreFactory
+
+CHUNK = 4
+
+
+async def test_a_run_of_landed_chunks_after_the_awaited_one_goes_out_in_one_send(
+    store_factory: StoreFactory,
+) -> None:
+    store = await store_factory(chunk_size=CHUNK)
+    data = bytes(range(40))  # 10 chunks
+    digest = Digest.of(data)
+    blob = await store.open(digest, size=len(data))
+    transfer = Transfer(digest, blob, ns=None, name="team/app")
+    reader = BlobReader(blob=blob, transfer=transfer, store=store)
+    sink = RecordingSink()
+    sent: list[tuple[str, int]] = []
+
+    async def land(*indices: int, source: str = "peer") -> None:
+        for index in indices:
+            transfer.sources[index] = source
+            await blob.write_chunk(index, data[index * CHUNK : (index + 1) * CHUNK])
+            transfer.chunk_landed(index)
+        await trio.testing.wait_all_tasks_blocked()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: reader.send(
+                    sink, offset=2, length=37, on_sent=lambda s, n: sent.append((s, n))
+                )
+            )
+            await trio.testing.wait_all_tasks_blocked()
+            await land(1, 2, 3, 5)  # the reader waits for chunk 0: nothing goes out
+            assert sink.calls == []
+            await land(0, source="origin")  # 0-3 are there: one send from byte 2 to 16
+            await land(6, 7, 8, 9)  # still waiting for 4
+            assert [call[2] for call in sink.calls] == [14]
+            await land(4)  # 4-8 in one send; 9 (the last) only once the blob is sealed
+            assert [call[2] for call in sink.calls] == [14, 20]
+            await blob.seal()
+            transfer.notify()
+    assert [call[2] for call in sink.calls] == [14, 20, 3]  # sends of bytes 2-16, 16-36, 36-39
+    assert sink.data == data[2:39]
+    assert sent == [
+        ("origin", 2), ("peer", 4), ("peer", 4), ("peer", 4), ("peer", 4),
+        ("peer", 4), ("peer", 4), ("peer", 4), ("peer", 4), ("peer", 3),
+    ]  # fmt: skip
