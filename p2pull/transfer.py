@@ -24,13 +24,18 @@ class Transfer:
         self.name = name
         self.error: P2pullError | None = None
         self._changed = trio.Event()
+        self._landing: dict[int, trio.Event] = {}  # chunk index -> set when it lands
         self._subscribers: list[trio.MemorySendChannel[int]] = []
         self._waiting: dict[int, int] = {}  # chunk index -> readers waiting for it
         self.sources: dict[int, str] = {}  # chunk index -> where it came from, this transfer
 
     def notify(self) -> None:
+        """Anything may have changed (size known, sealed, failed): wake every waiter."""
         self._changed.set()
         self._changed = trio.Event()
+        for event in self._landing.values():
+            event.set()
+        self._landing.clear()
 
     def chunk_landed(self, index: int) -> None:
         """A chunk was stored (verified): wake readers and tell subscribers which one. The
@@ -41,7 +46,9 @@ class Transfer:
                 channel.send_nowait(index)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._subscribers.remove(channel)
-        self.notify()
+        event = self._landing.pop(index, None)  # only the readers of this chunk wake
+        if event is not None:
+            event.set()
 
     def subscribe(self) -> trio.MemoryReceiveChannel[int]:
         """A channel of the indices of chunks landing from now on (unbounded, never blocks)."""
@@ -77,7 +84,10 @@ class Transfer:
             while not (blob.complete or (index != last and blob.bitfield.has(index))):
                 if self.error is not None:
                     raise self.error
-                await self._changed.wait()
+                event = self._landing.get(index)
+                if event is None:
+                    event = self._landing[index] = trio.Event()
+                await event.wait()
         finally:
             self._waiting[index] -= 1
             if not self._waiting[index]:

@@ -54,3 +54,38 @@ async def test_a_run_of_landed_chunks_after_the_awaited_one_goes_out_in_one_send
         ("origin", 2), ("peer", 4), ("peer", 4), ("peer", 4), ("peer", 4),
         ("peer", 4), ("peer", 4), ("peer", 4), ("peer", 4), ("peer", 3),
     ]  # fmt: skip
+
+
+async def test_a_reader_waiting_for_a_chunk_sleeps_while_other_chunks_land(
+    store_factory: StoreFactory,
+) -> None:
+    store = await store_factory(chunk_size=CHUNK)
+    data = bytes(range(100))  # 25 chunks
+    digest = Digest.of(data)
+    blob = await store.open(digest, size=len(data))
+    transfer = Transfer(digest, blob, ns=None, name="team/app")
+    steps: list[str] = []
+
+    class Steps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            if task.name.endswith("wait_for_chunk_20"):
+                steps.append(task.name)
+
+    async def wait_for_chunk_20() -> None:
+        await transfer.wait_chunk(20)
+
+    async def land(index: int) -> None:
+        await blob.write_chunk(index, data[index * CHUNK : (index + 1) * CHUNK])
+        transfer.chunk_landed(index)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait_for_chunk_20)
+            await trio.testing.wait_all_tasks_blocked()
+            trio.lowlevel.add_instrument(Steps())
+            for index in range(20):
+                await land(index)
+            await trio.testing.wait_all_tasks_blocked()
+            assert steps == []  # 20 chunks landed, none of them the one it waits for
+            await land(20)
+    assert len(steps) == 1  # woken once, by its chunk
