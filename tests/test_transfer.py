@@ -6,20 +6,28 @@ from __future__ import annotations
 import trio
 
 from p2pull.reference import Digest
+from p2pull.store.types import BlobStore, StoredBlob
 from p2pull.transfer import BlobReader, Transfer
 from tests.conftest import RecordingSink, StoreFactory
 
 CHUNK = 4
 
 
+async def _transfer(
+    store_factory: StoreFactory, *, chunks: int
+) -> tuple[BlobStore, StoredBlob, Transfer, bytes]:
+    """An empty blob of ``chunks`` 4-byte chunks in a fresh store, and its transfer."""
+    store = await store_factory(chunk_size=CHUNK)
+    data = bytes(range(chunks * CHUNK))
+    digest = Digest.of(data)
+    blob = await store.open(digest, size=len(data))
+    return store, blob, Transfer(digest, blob, ns=None, name="team/app"), data
+
+
 async def test_a_run_of_landed_chunks_after_the_awaited_one_goes_out_in_one_send(
     store_factory: StoreFactory,
 ) -> None:
-    store = await store_factory(chunk_size=CHUNK)
-    data = bytes(range(40))  # 10 chunks
-    digest = Digest.of(data)
-    blob = await store.open(digest, size=len(data))
-    transfer = Transfer(digest, blob, ns=None, name="team/app")
+    store, blob, transfer, data = await _transfer(store_factory, chunks=10)
     reader = BlobReader(blob=blob, transfer=transfer, store=store)
     sink = RecordingSink()
     sent: list[tuple[str, int]] = []
@@ -59,11 +67,7 @@ async def test_a_run_of_landed_chunks_after_the_awaited_one_goes_out_in_one_send
 async def test_a_reader_waiting_for_a_chunk_sleeps_while_other_chunks_land(
     store_factory: StoreFactory,
 ) -> None:
-    store = await store_factory(chunk_size=CHUNK)
-    data = bytes(range(100))  # 25 chunks
-    digest = Digest.of(data)
-    blob = await store.open(digest, size=len(data))
-    transfer = Transfer(digest, blob, ns=None, name="team/app")
+    _, blob, transfer, data = await _transfer(store_factory, chunks=25)
     steps: list[str] = []
 
     class Steps(trio.abc.Instrument):
