@@ -73,15 +73,21 @@ class Transfer:
             await self._changed.wait()
         return self.blob
 
+    def servable(self, index: int) -> bool:
+        """May chunk ``index`` be served now? (The last one only once the blob is verified.)"""
+        blob = self.blob
+        if blob is None:
+            return False
+        return blob.complete or (index != blob.bitfield.length - 1 and blob.bitfield.has(index))
+
     async def wait_chunk(self, index: int) -> StoredBlob:
         """Wait until chunk ``index`` may be served (the last one: until the blob is verified)."""
         blob = await self.wait_blob()
-        last = blob.bitfield.length - 1
-        if blob.complete or (index != last and blob.bitfield.has(index)):
+        if self.servable(index):
             return blob
         self._waiting[index] = self._waiting.get(index, 0) + 1
         try:
-            while not (blob.complete or (index != last and blob.bitfield.has(index))):
+            while not self.servable(index):
                 if self.error is not None:
                     raise self.error
                 event = self._landing.get(index)
@@ -133,7 +139,7 @@ class BlobReader:
                 while (
                     last + 1 < blob.bitfield.length
                     and (last + 1) * blob.chunk_size < end
-                    and self._servable(last + 1)
+                    and (self.transfer is None or self.transfer.servable(last + 1))
                 ):
                     last += 1
                 stop = min(end, sum(blob.chunk_span(last)))
@@ -146,10 +152,3 @@ class BlobReader:
                         source = self.transfer.sources.get(i, "local")
                     on_sent(source, count)
                 offset = stop
-
-    def _servable(self, index: int) -> bool:
-        """May chunk ``index`` be served without waiting (as ``Transfer.wait_chunk`` decides)?"""
-        blob = self.blob
-        if self.transfer is None or blob.complete:
-            return True
-        return index != blob.bitfield.length - 1 and blob.bitfield.has(index)

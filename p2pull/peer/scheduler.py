@@ -63,15 +63,13 @@ class Scheduler:
         # Ties between equally loaded peers are broken the same way: otherwise every node asks
         # the lowest-id holder first and that one uplink carries the chunk to everyone.
         self._salt = salt
-        self._tie_order: list[int] | None = None
+        self._tie_rank = list(range(chunk_count))  # chunk index -> its place among equals
         if salt:
             tie = [
                 hashlib.sha256(salt + i.to_bytes(8, "big")).digest()[:4] for i in range(chunk_count)
             ]
-            self._tie_order = sorted(range(chunk_count), key=tie.__getitem__)
-        self._tie_rank = [0] * chunk_count
-        for rank, index in enumerate(self._tie_order or ()):
-            self._tie_rank[index] = rank
+            for rank, index in enumerate(sorted(range(chunk_count), key=tie.__getitem__)):
+                self._tie_rank[index] = rank
         self._peer_tie: dict[str, bytes] = {}
         self._have = Bitfield(chunk_count)  # ValueError if chunk_count < 0
         self._missing = set(range(chunk_count))  # the same, for fast iteration
@@ -286,11 +284,8 @@ class Scheduler:
         offer: set[int] = set().union(*(self._useful[peer] for peer in free))
         offer.difference_update(in_flight)
         yield from (i for i in window if i in offer)
-        rank = self._tie_rank if self._tie_order is not None else None
-        if rank is None:
-            rest = sorted(offer, key=lambda i: (availability[i], i))
-        else:  # rarest first, ties in this node's order
-            rest = sorted(offer, key=lambda i: (availability[i], rank[i]))
+        rank = self._tie_rank
+        rest = sorted(offer, key=lambda i: (availability[i], rank[i]))  # rarest, then tie order
         yield from (i for i in rest if i not in window)
 
     def _in_endgame(self) -> bool:
