@@ -107,6 +107,12 @@ class Metrics:
         self.peer_upload_bytes = Counter(
             "p2pull_peer_upload_bytes", "Chunk bytes sent to peers", registry=r
         )
+        self.chunks_pushed = Counter(
+            "p2pull_chunks_pushed",
+            "Chunks sent to peers unasked: the seed hands each chunk from the origin to one "
+            "peer, which relays it to the others",
+            registry=r,
+        )
         self.peer_links = Gauge(
             "p2pull_peer_links", "Authenticated connections to peers open now", registry=r
         )

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from p2pull.bitfield import Bitfield
-from p2pull.peer.scheduler import Assignment, Scheduler
+from p2pull.peer.scheduler import PUSHES_PER_PEER, Assignment, Scheduler
 
 
 def bits(pattern: str) -> Bitfield:
@@ -310,6 +310,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.now = 0.0
         self.peers: dict[str, set[int]] = {}
         self.held: set[int] = set()
+        self.pushes: set[Assignment] = set()  # in flight because the peer pushed them
 
     @rule(peer=st.sampled_from(PEERS), chunks=st.sets(st.integers(0, CHUNKS - 1)))
     def add_peer(self, peer: str, chunks: set[int]) -> None:
@@ -330,6 +331,27 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert set(self.sched.remove_peer(peer)) == before
         self.peers.pop(peer, None)
         assert all(a.peer != peer for a in self.sched.in_flight())
+
+    @rule(peer=st.sampled_from(PEERS), index=st.integers(0, CHUNKS - 1))
+    def pushed(self, peer: str, index: int) -> None:
+        before = self.sched.in_flight()
+        crossed = self.sched.pushed(peer, index, now=self.now)
+        after = self.sched.in_flight()
+        push = Assignment(peer, index)
+        cap = PUSHES_PER_PEER * self.sched.max_in_flight_per_peer
+        if (
+            peer not in self.peers
+            or index in self.held
+            or push in before
+            or sum(a.peer == peer for a in before) >= cap
+        ):
+            assert crossed is None and after == before
+            return
+        assert crossed is not None
+        assert set(crossed) == {a for a in before if a.index == index}
+        assert after == sorted(set(before) - set(crossed) | {push})
+        assert self.sched.expecting(peer, index)
+        self.pushes.add(push)
 
     @rule(start=st.integers(-2, CHUNKS), length=st.integers(0, 5))
     def set_window(self, start: int, length: int) -> None:
@@ -385,8 +407,12 @@ class SchedulerMachine(RuleBasedStateMachine):
     @invariant()
     def per_peer_limit_and_consistency(self) -> None:
         in_flight = self.sched.in_flight()
+        self.pushes &= set(in_flight)  # delivered, failed, expired or released: gone
+        limit = self.sched.max_in_flight_per_peer
         for peer in PEERS:
-            assert sum(a.peer == peer for a in in_flight) <= self.sched.max_in_flight_per_peer
+            mine = [a for a in in_flight if a.peer == peer]
+            assert len(mine) <= PUSHES_PER_PEER * limit
+            assert sum(a not in self.pushes for a in mine) <= limit  # only pushes go past it
         assert all(a.peer in self.peers and a.index not in self.held for a in in_flight)
         assert self.sched.complete == (len(self.held) == CHUNKS)
         for index in self.sched.missing_unavailable():
@@ -459,6 +485,42 @@ def test_nodes_spread_their_first_requests_over_equally_loaded_holders() -> None
     for peer in "dcba":
         plain.add_peer(peer, bits("1"))
     assert plain.next_requests(now=0.0)[0] == Assignment("a", 0)
+
+
+def test_a_push_counts_as_a_request_and_cancels_the_requests_it_crossed() -> None:
+    scheduler = Scheduler(chunk_count=3, max_in_flight_per_peer=1)
+    scheduler.add_peer("seed", bits("111"))
+    scheduler.add_peer("relay", bits("000"))
+    assert scheduler.next_requests(now=0.0) == reqs("seed:0")
+    # the relay pushes chunk 0 (asked of the seed) and chunk 2: the request for 0 is returned
+    # to cancel; both are now expected from the relay, beyond its one-request limit
+    assert scheduler.pushed("relay", 0, now=1.0) == reqs("seed:0")
+    assert scheduler.pushed("relay", 2, now=1.0) == []
+    assert scheduler.expecting("relay", 0) and scheduler.expecting("relay", 2)
+    assert not scheduler.expecting("seed", 0)
+    assert scheduler.in_flight() == reqs("relay:0 relay:2")
+    assert scheduler.next_requests(now=1.0) == reqs("seed:1")  # 0 and 2 are not asked again
+    assert scheduler.on_piece("relay", 0, now=2.0) == []
+    scheduler.have(0)
+    # a push of a chunk held, already pushed by that peer, or from an unknown peer: declined
+    assert scheduler.pushed("relay", 0, now=2.0) is None
+    assert scheduler.pushed("relay", 2, now=2.0) is None
+    assert scheduler.pushed("stranger", 1, now=2.0) is None
+    assert scheduler.in_flight() == reqs("relay:2 seed:1")
+    # an expired push is released and penalized like a request
+    assert scheduler.expire(now=1.0 + scheduler.request_timeout) == reqs("seed:1 relay:2")
+
+
+def test_a_peer_cannot_push_more_than_its_share_of_chunks_at_once() -> None:
+    """A hostile member could push every chunk and send none: each would wait for the
+    request timeout. Pushes beyond PUSHES_PER_PEER x max_in_flight_per_peer are declined."""
+    count = 2 * PUSHES_PER_PEER * 4
+    scheduler = Scheduler(chunk_count=count, max_in_flight_per_peer=4)
+    scheduler.add_peer("liar", Bitfield(count))
+    answers = [scheduler.pushed("liar", i, now=0.0) for i in range(count)]
+    cap = PUSHES_PER_PEER * 4
+    assert answers[:cap] == [[]] * cap
+    assert answers[cap:] == [None] * (count - cap)
 
 
 def test_a_busy_peer_is_asked_again_after_retry_after_not_the_stall_penalty() -> None:

@@ -26,6 +26,7 @@ from p2pull.peer.messages import (
     Peers,
     Piece,
     Purge,
+    Push,
     Reject,
     Request,
     Unavailable,
@@ -64,6 +65,7 @@ CODES = {
     Unavailable: 10,
     Bye: 11,
     Purge: 12,
+    Push: 13,
 }
 
 SAMPLES: list[tuple[str, Message]] = [
@@ -88,6 +90,7 @@ SAMPLES: list[tuple[str, Message]] = [
     ("bye", Bye("shutting down")),
     ("bye-empty-reason", Bye("")),
     ("purge", Purge(D)),
+    ("push", Push(D, 7, H)),
 ]
 
 
@@ -147,6 +150,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
     ),
     blob_infos(),
     st.builds(Have, digests, uints, sha256s),
+    st.builds(Push, digests, uints, sha256s),
     st.builds(
         Peers,
         digests,

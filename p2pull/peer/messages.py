@@ -94,6 +94,17 @@ class Have:
 
 
 @dataclass(frozen=True, slots=True)
+class Push:
+    """A Have whose chunk is coming unasked: the sender relays it to every peer that lacks it.
+    The receiver counts it as requested from the sender, or answers Cancel if it does not want
+    it (held already, on its way from elsewhere, or its hash not yet known)."""
+
+    digest: str
+    index: int
+    sha256: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Peers:
     """Swarm members handed out, as ``(node_id, host, port)``."""
 
@@ -155,7 +166,7 @@ class Purge:
     digest: str
 
 
-_Blobs: TypeAlias = Interested | BlobInfo | Have | Peers | Unavailable | Purge
+_Blobs: TypeAlias = Interested | BlobInfo | Have | Push | Peers | Unavailable | Purge
 _Chunks: TypeAlias = Request | Piece | Cancel | Reject
 Message: TypeAlias = Hello | Auth | _Blobs | _Chunks | Bye
 
@@ -292,6 +303,7 @@ _KINDS: dict[type, _Kind] = {
     Unavailable: _kind(10, Unavailable, _digest, _reason),
     Bye: _kind(11, Bye, _reason),
     Purge: _kind(12, Purge, _digest),
+    Push: _kind(13, Push, _digest, _index, _sha256),
 }
 _BY_CODE: dict[int, _Kind] = {kind.code: kind for kind in _KINDS.values()}
 HELLO_CODE = _KINDS[Hello].code

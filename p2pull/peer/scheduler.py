@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 from p2pull.bitfield import Bitfield
 
+PUSHES_PER_PEER = 2  # chunks one peer may have on their way to us, in max_in_flight_per_peer
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class Assignment:
@@ -130,6 +132,34 @@ class Scheduler:
                 self._useful[peer].add(index)
                 if len(self._by_peer[peer]) < self.max_in_flight_per_peer:
                     self._dirty = True
+
+    def pushed(self, peer: str, index: int, *, now: float) -> list[Assignment] | None:
+        """Known ``peer`` is sending chunk ``index`` unasked (a relayed chunk): it counts as
+        requested from ``peer`` at ``now``, and the requests for it to other peers are
+        released and returned, to cancel (the push is on its way; a request may only have
+        crossed it). None when we hold it, or ``peer`` is unknown or sends it already, or has
+        PUSHES_PER_PEER times ``max_in_flight_per_peer`` chunks on their way (a hostile peer
+        cannot claim every chunk and send none): the caller cancels the push. What ``peer``
+        holds is told apart, with ``peer_has``. Pushes may take a peer past
+        ``max_in_flight_per_peer``: it is then asked for nothing more until they arrive."""
+        if (
+            peer not in self._peers
+            or self._have.has(index)
+            or peer in self._by_chunk.get(index, ())
+            or len(self._by_peer[peer]) >= PUSHES_PER_PEER * self.max_in_flight_per_peer
+        ):
+            return None
+        others = sorted(self._by_chunk.get(index, ()))
+        for other in others:
+            self._release(other, index)
+        self._by_chunk[index] = {peer: now}
+        self._by_peer[peer][index] = now
+        self._dirty = True
+        return [Assignment(other, index) for other in others]
+
+    def expecting(self, peer: str, index: int) -> bool:
+        """Chunk ``index`` is requested from (or being pushed by) ``peer``."""
+        return index in self._by_peer.get(peer, ())
 
     def remove_peer(self, peer: str) -> list[int]:
         """Forget ``peer``; returns the chunks it had in flight, now released (ascending)."""

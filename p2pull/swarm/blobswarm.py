@@ -30,6 +30,7 @@ from p2pull.peer.messages import (
     Message,
     Peers,
     Piece,
+    Push,
     Reject,
     Request,
     Unavailable,
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 TICK = 0.5  # the longest the task waits before re-checking timeouts and the reader window
 BATCH = 64  # events handled between two scheduler passes at most
 BUSY_RETRY = 0.5  # seconds before asking a peer that answered "busy" for that chunk again
+HELD_BYTES = 16 << 20  # pieces kept in memory until the seed's hash for them comes (one at least)
 
 
 class Role(enum.Enum):
@@ -75,6 +77,9 @@ class BlobSwarm:
         self._seed_asked_at = 0.0
         self._progress_at = 0.0  # when a chunk last landed (or we last asked the seed)
         self._announced: Bitfield | None = None
+        self._relay: set[int] = set()  # chunks the seed gave us: pushed on to every member
+        self._relay_turn = 0  # the seed hands each origin chunk to the next member in turn
+        self.held: dict[int, tuple[str, Piece]] = {}  # pieces that came before their hash
         self._nursery: trio.Nursery | None = None
 
     # -- the task --------------------------------------------------------------------------------
@@ -207,6 +212,10 @@ class BlobSwarm:
             await self._on_info(peer, message)
         elif isinstance(message, Have):
             self._on_have(peer, message)
+            if peer == self.seed_id and message.index in self.held:
+                await self._on_piece(*self.held.pop(message.index))
+        elif isinstance(message, Push):
+            self._on_push(peer, message)
         elif isinstance(message, Piece):
             await self._on_piece(peer, message)
         elif isinstance(message, Reject) and self.scheduler is not None:
@@ -272,6 +281,8 @@ class BlobSwarm:
                     self.hashes[index] = digest
             for other in self.peer_bits:
                 self._offer(other)
+            for index in [i for i in self.held if self.hashes[i] is not None]:
+                await self._on_piece(*self.held.pop(index))
         else:
             self._offer(peer)
 
@@ -288,13 +299,31 @@ class BlobSwarm:
         elif self.hashes[have.index] is not None:
             self.scheduler.peer_has(peer, have.index)
 
+    def _on_push(self, peer: str, push: Push) -> None:
+        """A chunk coming unasked: expected from ``peer`` like a request (requests for it to
+        others are cancelled), unless we hold it (then the push is cancelled). Its hash may not
+        be here yet: the piece then waits for it (``_hold``)."""
+        self._on_have(peer, Have(push.digest, push.index, push.sha256))
+        scheduler = self.scheduler
+        crossed = None
+        if scheduler is not None and peer in self.peer_bits and 0 <= push.index < len(self.hashes):
+            crossed = scheduler.pushed(peer, push.index, now=self.node.clock())
+        if crossed is None:
+            self._send(peer, Cancel(self.digest, push.index))
+            return
+        for request in crossed:
+            self._send(request.peer, Cancel(self.digest, request.index))
+
     async def _on_piece(self, peer: str, piece: Piece) -> None:
         blob, scheduler = self.transfer.blob, self.scheduler
         if blob is None or scheduler is None or not 0 <= piece.index < blob.bitfield.length:
             return
+        if blob.bitfield.has(piece.index):
+            return  # a late duplicate
         expected = self.hashes[piece.index]
-        if expected is None or blob.bitfield.has(piece.index):
-            return  # never asked for without a hash; a late duplicate otherwise
+        if expected is None:
+            self._hold(peer, piece)
+            return
         await self.node.download_limit.acquire(len(piece.data))
         now = self.node.clock()
         try:
@@ -316,9 +345,27 @@ class BlobSwarm:
         self.node.metrics.chunks_verified.inc()
         self.node.metrics.fetched_bytes.labels("peer").inc(len(piece.data))
         scheduler.have(piece.index)
+        if peer == self.seed_id and self.role is Role.LEECH:
+            self._relay.add(piece.index)
         for duplicate in scheduler.on_piece(peer, piece.index, now=now):
             self._send(duplicate.peer, Cancel(self.digest, duplicate.index))
         self.transfer.chunk_landed(piece.index)
+
+    def _hold(self, peer: str, piece: Piece) -> None:
+        """Keep a pushed piece whose hash the seed has not told us yet (its Have may be queued
+        behind a piece on the seed's link while the relay's copy overtakes it); it is verified
+        when the hash comes. Pieces nobody expects from ``peer`` are dropped, and beyond
+        HELD_BYTES the piece is asked for again later."""
+        assert self.scheduler is not None
+        if not self.scheduler.expecting(peer, piece.index):
+            return
+        held = sum(len(p.data) for _, p in self.held.values())
+        if self.held and held + len(piece.data) > HELD_BYTES:
+            self.scheduler.on_failed(
+                peer, piece.index, now=self.node.clock(), retry_after=BUSY_RETRY
+            )
+            return
+        self.held[piece.index] = (peer, piece)
 
     def _on_peers(self, peers: Peers) -> None:
         assert self._nursery is not None
@@ -342,6 +389,7 @@ class BlobSwarm:
             link.send(Interested(self.digest, self.transfer.name, self.transfer.ns))
 
     async def _peer_gone(self, peer: str) -> None:
+        self._forget_held(peer)
         self.members.discard(peer)
         self.asked.discard(peer)
         self.peer_bits.pop(peer, None)
@@ -395,11 +443,45 @@ class BlobSwarm:
         if digest is not None:
             if self.hashes and self.hashes[index] is None:
                 self.hashes[index] = digest
-            have = Have(self.digest, index, digest)
-            for peer in self.members:  # not to those that hold it: they need nothing from us
-                bits = self.peer_bits.get(peer)
-                if peer not in self.bad and (bits is None or not bits.has(index)):
+            have, push = Have(self.digest, index, digest), Push(self.digest, index, digest)
+            lacking = [  # not to those that hold it: they need nothing from us
+                peer
+                for peer in self.members
+                if peer not in self.bad and not self._holds(peer, index)
+            ]
+            pushed = self._push_out(push, lacking)
+            for peer in lacking:
+                if peer not in pushed:
                     self._send(peer, have)
+
+    def _holds(self, peer: str, index: int) -> bool:
+        bits = self.peer_bits.get(peer)
+        return bits is not None and bits.has(index)
+
+    def _push_out(self, push: Push, lacking: list[str]) -> set[str]:
+        """Push a fresh chunk on; returns the members it goes to. The seed gives each chunk
+        from the origin to one member in turn; that member (a relay) pushes it to every member
+        that lacks it. Each chunk crosses the seed's uplink once and every link carries a steady
+        share, instead of every leech asking the one holder of the newest chunk at once."""
+        index = push.index
+        if self.role is Role.LEECH:
+            if index not in self._relay:
+                return set()
+            self._relay.discard(index)
+            return {peer for peer in lacking if self._push(peer, push)}
+        if self.transfer.sources.get(index) != "origin" or not lacking:
+            return set()
+        ordered = sorted(lacking)
+        for turn in range(len(ordered)):
+            peer = ordered[(self._relay_turn + turn) % len(ordered)]
+            if self.node.seeded_grant(self.digest, index, peer) and self._push(peer, push):
+                self._relay_turn += turn + 1
+                return {peer}
+        return set()
+
+    def _push(self, peer: str, push: Push) -> bool:
+        link = self.node.pool.link(peer)
+        return link is not None and self.node.push(link, push)
 
     def _broadcast(self, message: Message) -> None:
         for peer in self.members:
@@ -411,7 +493,12 @@ class BlobSwarm:
         if link is not None:
             link.send(message)
 
+    def _forget_held(self, peer: str) -> None:
+        for index in [i for i, (holder, _) in self.held.items() if holder == peer]:
+            del self.held[index]
+
     def _drop(self, peer: str) -> None:
+        self._forget_held(peer)
         self.bad.add(peer)
         self.members.discard(peer)
         self.peer_bits.pop(peer, None)

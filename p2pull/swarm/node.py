@@ -24,6 +24,7 @@ from p2pull.peer.messages import (
     Interested,
     Message,
     Purge,
+    Push,
     Reject,
     Request,
     Unavailable,
@@ -37,6 +38,8 @@ from p2pull.swarm.superseed import SuperSeeder
 from p2pull.transfer import Transfer
 
 log = logging.getLogger(__name__)
+
+PUSH_BACKLOG = 2  # relayed chunks (or requests) of one peer waiting for an upload slot, at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +168,8 @@ class SwarmNode:
             await swarm.post(("msg", link.peer_id, message))
         elif isinstance(message, Interested):
             await self._on_interested(link, digest, message)
+        elif isinstance(message, Push):
+            link.send(Cancel(message.digest, message.index))  # no download of it here (any more)
 
     async def _on_interested(self, link: PeerLink, digest: Digest, message: Interested) -> None:
         blob = self.store.lookup(digest)
@@ -201,25 +206,37 @@ class SwarmNode:
         ):
             link.send(Reject(request.digest, request.index, REJECT_BUSY))
             return
-        if self._seeding_spent(request, link):
+        if not self.seeded_grant(request.digest, request.index, link.peer_id):
             link.send(Reject(request.digest, request.index, "seeded: ask the peers"))
             return
         self._waiting.add((link.peer_id, request.digest, request.index))
         self._nursery.start_soon(self._upload, link, request)
 
+    def push(self, link: PeerLink, push: Push) -> bool:
+        """Send ``push`` (a Have) and then its chunk to ``link``'s peer unasked; the piece waits
+        for an upload slot like a requested one, and the peer may Cancel it. False, and nothing
+        is sent, while PUSH_BACKLOG pushes or requests of that peer already wait for a slot: a
+        receiver whose link is slow asks for the chunk itself when it can take it."""
+        peer = link.peer_id
+        waiting = sum(1 for key in self._waiting if key[0] == peer)
+        if self._nursery is None or waiting >= PUSH_BACKLOG:
+            return False
+        link.send(push)
+        self.metrics.chunks_pushed.inc()
+        self._waiting.add((peer, push.digest, push.index))
+        self._nursery.start_soon(self._upload, link, Request(push.digest, push.index))
+        return True
+
     def _upload_backlog(self) -> int:
         """Uploads under way plus requests waiting for a slot."""
         return self.config.upload_slots - self._uploads.value + len(self._waiting)
 
-    def _seeding_spent(self, request: Request, link: PeerLink) -> bool:
-        """Super-seeding (``p2pull.swarm.superseed``): a chunk this node fetched from the
-        origin goes to one peer, the others get it from that peer."""
-        return not self.superseed.grant(
-            request.digest,
-            request.index,
-            link.peer_id,
-            now=self.clock(),
-            alive=lambda peer: self.pool.link(peer) is not None,
+    def seeded_grant(self, digest: str, index: int, peer: str) -> bool:
+        """May ``peer`` have chunk ``index`` of ``digest`` from us (super-seeding,
+        ``p2pull.swarm.superseed``: a chunk this node fetched from the origin goes to one peer,
+        the others get it from that peer)? Records the grant."""
+        return self.superseed.grant(
+            digest, index, peer, now=self.clock(), alive=lambda p: self.pool.link(p) is not None
         )
 
     async def _upload(self, link: PeerLink, request: Request) -> None:
