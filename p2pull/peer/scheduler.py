@@ -14,6 +14,9 @@ endgame: once every missing chunk is in flight, spare slots duplicate in-flight 
 peers (up to ``endgame_duplicates`` requests per chunk; window chunks first, then the longest
 outstanding) and the first copy to arrive makes ``on_piece`` return the others, to cancel.
 
+A chunk a peer pushes unasked (``pushed``) counts as requested from it, and requests for it
+elsewhere are returned to cancel.
+
 ``expire`` releases requests at or past ``request_timeout`` and penalizes their peers (no new
 requests for ``stall_penalty`` seconds). Everything is deterministic: the same calls in the same
 order give the same answers, whatever the dicts' insertion order.

@@ -5,7 +5,8 @@ the local store (from peers or from the origin). The task finds the blob's seed 
 member), learns the blob's size and chunk hashes from it, asks peers for chunks as the pure
 scheduler decides, verifies each piece against the seed's hash before storing it, tells its swarm
 about every chunk it holds, and, when it is the seed (from the start, or after the seed died),
-fetches from the origin only the chunks no live peer can give.
+fetches from the origin only the chunks no live peer can give. Fresh chunks travel by push
+(``p2pull.swarm.relay``): the seed hands each to one member, which relays it to the others.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from p2pull.peer.messages import (
 from p2pull.peer.scheduler import Scheduler
 from p2pull.store.types import StoredBlob, chunk_count
 from p2pull.swarm.links import PeerUnreachable
+from p2pull.swarm.relay import HeldPieces, Relay
 from p2pull.transfer import Transfer
 
 if TYPE_CHECKING:
@@ -48,7 +50,6 @@ log = logging.getLogger(__name__)
 TICK = 0.5  # the longest the task waits before re-checking timeouts and the reader window
 BATCH = 64  # events handled between two scheduler passes at most
 BUSY_RETRY = 0.5  # seconds before asking a peer that answered "busy" for that chunk again
-HELD_BYTES = 16 << 20  # pieces kept in memory until the seed's hash for them comes (one at least)
 
 
 class Role(enum.Enum):
@@ -77,9 +78,8 @@ class BlobSwarm:
         self._seed_asked_at = 0.0
         self._progress_at = 0.0  # when a chunk last landed (or we last asked the seed)
         self._announced: Bitfield | None = None
-        self._relay: set[int] = set()  # chunks the seed gave us: pushed on to every member
-        self._relay_turn = 0  # the seed hands each origin chunk to the next member in turn
-        self.held: dict[int, tuple[str, Piece]] = {}  # pieces that came before their hash
+        self.relay = Relay()
+        self.held = HeldPieces()  # pieces that came before their hash
         self._nursery: trio.Nursery | None = None
 
     # -- the task --------------------------------------------------------------------------------
@@ -212,8 +212,8 @@ class BlobSwarm:
             await self._on_info(peer, message)
         elif isinstance(message, Have):
             self._on_have(peer, message)
-            if peer == self.seed_id and message.index in self.held:
-                await self._on_piece(*self.held.pop(message.index))
+            if peer == self.seed_id and self.held:
+                await self._verify_held()
         elif isinstance(message, Push):
             self._on_push(peer, message)
         elif isinstance(message, Piece):
@@ -281,8 +281,7 @@ class BlobSwarm:
                     self.hashes[index] = digest
             for other in self.peer_bits:
                 self._offer(other)
-            for index in [i for i in self.held if self.hashes[i] is not None]:
-                await self._on_piece(*self.held.pop(index))
+            await self._verify_held()
         else:
             self._offer(peer)
 
@@ -346,26 +345,23 @@ class BlobSwarm:
         self.node.metrics.fetched_bytes.labels("peer").inc(len(piece.data))
         scheduler.have(piece.index)
         if peer == self.seed_id and self.role is Role.LEECH:
-            self._relay.add(piece.index)
+            self.relay.from_seed(piece.index)
         for duplicate in scheduler.on_piece(peer, piece.index, now=now):
             self._send(duplicate.peer, Cancel(self.digest, duplicate.index))
         self.transfer.chunk_landed(piece.index)
 
     def _hold(self, peer: str, piece: Piece) -> None:
-        """Keep a pushed piece whose hash the seed has not told us yet (its Have may be queued
-        behind a piece on the seed's link while the relay's copy overtakes it); it is verified
-        when the hash comes. Pieces nobody expects from ``peer`` are dropped, and beyond
-        HELD_BYTES the piece is asked for again later."""
+        """Keep a piece that came before its hash (``p2pull.swarm.relay``). Pieces nobody
+        expects from ``peer`` are dropped; beyond the held budget it is asked for again."""
         assert self.scheduler is not None
-        if not self.scheduler.expecting(peer, piece.index):
-            return
-        held = sum(len(p.data) for _, p in self.held.values())
-        if self.held and held + len(piece.data) > HELD_BYTES:
+        if self.scheduler.expecting(peer, piece.index) and not self.held.hold(peer, piece):
             self.scheduler.on_failed(
                 peer, piece.index, now=self.node.clock(), retry_after=BUSY_RETRY
             )
-            return
-        self.held[piece.index] = (peer, piece)
+
+    async def _verify_held(self) -> None:
+        for peer, piece in self.held.take(lambda index: self.hashes[index] is not None):
+            await self._on_piece(peer, piece)
 
     def _on_peers(self, peers: Peers) -> None:
         assert self._nursery is not None
@@ -389,7 +385,7 @@ class BlobSwarm:
             link.send(Interested(self.digest, self.transfer.name, self.transfer.ns))
 
     async def _peer_gone(self, peer: str) -> None:
-        self._forget_held(peer)
+        self.held.forget(peer)
         self.members.discard(peer)
         self.asked.discard(peer)
         self.peer_bits.pop(peer, None)
@@ -449,7 +445,13 @@ class BlobSwarm:
                 for peer in self.members
                 if peer not in self.bad and not self._holds(peer, index)
             ]
-            pushed = self._push_out(push, lacking)
+            pushed = self.relay.push_out(
+                index,
+                lacking,
+                seeding=self.role is Role.SEED,
+                from_origin=self.transfer.sources.get(index) == "origin",
+                push=lambda peer: self._push(peer, push),
+            )
             for peer in lacking:
                 if peer not in pushed:
                     self._send(peer, have)
@@ -458,28 +460,9 @@ class BlobSwarm:
         bits = self.peer_bits.get(peer)
         return bits is not None and bits.has(index)
 
-    def _push_out(self, push: Push, lacking: list[str]) -> set[str]:
-        """Push a fresh chunk on; returns the members it goes to. The seed gives each chunk
-        from the origin to one member in turn; that member (a relay) pushes it to every member
-        that lacks it. Each chunk crosses the seed's uplink once and every link carries a steady
-        share, instead of every leech asking the one holder of the newest chunk at once."""
-        index = push.index
-        if self.role is Role.LEECH:
-            if index not in self._relay:
-                return set()
-            self._relay.discard(index)
-            return {peer for peer in lacking if self._push(peer, push)}
-        if self.transfer.sources.get(index) != "origin" or not lacking:
-            return set()
-        ordered = sorted(lacking)
-        for turn in range(len(ordered)):
-            peer = ordered[(self._relay_turn + turn) % len(ordered)]
-            if self.node.seeded_grant(self.digest, index, peer) and self._push(peer, push):
-                self._relay_turn += turn + 1
-                return {peer}
-        return set()
-
     def _push(self, peer: str, push: Push) -> bool:
+        if self.role is Role.SEED and not self.node.seeded_grant(self.digest, push.index, peer):
+            return False
         link = self.node.pool.link(peer)
         return link is not None and self.node.push(link, push)
 
@@ -493,12 +476,8 @@ class BlobSwarm:
         if link is not None:
             link.send(message)
 
-    def _forget_held(self, peer: str) -> None:
-        for index in [i for i, (holder, _) in self.held.items() if holder == peer]:
-            del self.held[index]
-
     def _drop(self, peer: str) -> None:
-        self._forget_held(peer)
+        self.held.forget(peer)
         self.bad.add(peer)
         self.members.discard(peer)
         self.peer_bits.pop(peer, None)
