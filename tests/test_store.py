@@ -19,6 +19,7 @@ import trio.testing
 
 from p2pull.errors import ChunkMismatch, DigestMismatch, StoreError, StoreFull
 from p2pull.reference import Digest
+from p2pull.store import base
 from p2pull.store.disk import DiskBlob, DiskStore
 from p2pull.store.types import BlobStore, StoredBlob
 
@@ -710,6 +711,30 @@ async def test_disk_corrupt_chunk_is_caught_at_seal(tmp_path: Path) -> None:
         await again.write_chunk(1, chunk(data, 1))
         await again.seal()
         assert again.complete and await again.read(0, 14) == data
+
+
+async def test_folding_a_chunk_hashed_in_this_process_does_not_hash_it_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks that land out of order are read back to fold them into the whole-blob hash. One
+    this process hashed on its way in is not re-checked (one sha256 per chunk, not two); one
+    found on disk after a restart is (test_disk_corrupt_chunk_is_caught_at_seal)."""
+    calls: list[int] = []
+    real = base._sha256
+
+    def counting(data: bytes) -> bytes:
+        calls.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(base, "_sha256", counting)
+    with trio.fail_after(DEADLINE):
+        store = await load(tmp_path)
+        digest, data = make_data(14)
+        blob = await store.open(digest, size=14)
+        await fill(blob, data, order=[3, 2, 1, 0])  # 0 lands last: 1, 2, 3 are read back
+        await blob.seal()
+    assert blob.complete and await blob.read(0, 14) == data
+    assert len(calls) == 4
 
 
 async def test_disk_complete_blobs_survive_restart(tmp_path: Path, sink: RecordingSink) -> None:

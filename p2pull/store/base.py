@@ -58,6 +58,10 @@ class BlobBase:
         self._discarded = False
         self._hasher = hashlib.sha256()
         self._hashed = 0  # chunks folded into _hasher
+        # Chunks this process hashed on their way in: folding one read back later skips the
+        # re-check (seconds-old page cache, not a disk that may have rotted since a restart;
+        # the whole-blob digest still covers it).
+        self._hashed_here = Bitfield(count)
         self._hash_lock = trio.Lock()
         self._seal_lock = trio.Lock()
         self.dirty = 0  # chunks written since the metadata was last persisted
@@ -132,6 +136,7 @@ class BlobBase:
             return
         self._hashes[index] = digest
         self._have.set(index)
+        self._hashed_here.set(index)
         self.dirty += 1
         if index == self._hashed:
             await self._advance_hasher(known=(index, data))
@@ -192,14 +197,16 @@ class BlobBase:
             self._hashed += 1
 
     async def _read_verified(self, index: int) -> bytes | None:
-        """Read a present chunk back and check its recorded hash; drop it if it rotted."""
+        """Read a present chunk back and check its recorded hash (unless this process hashed
+        it on its way in); drop it if it rotted."""
         offset, length = self.chunk_span(index)
         try:
             data: bytes = await _maybe_thread(self._pread, offset, length, size=length)
         except OSError as exc:
             raise StoreError(f"reading chunk {index} of {self.digest}: {exc}") from exc
         recorded = self._hashes[index]
-        if recorded is None or len(data) != length or _sha256(data) != recorded:
+        fresh = self._hashed_here.has(index)
+        if recorded is None or len(data) != length or (not fresh and _sha256(data) != recorded):
             log.warning("chunk %d of %s failed re-verification; refetching it", index, self.digest)
             self._have.clear(index)
             self._hashes[index] = None
