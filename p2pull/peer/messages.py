@@ -95,9 +95,9 @@ class Have:
 
 @dataclass(frozen=True, slots=True)
 class Push:
-    """A Have whose chunk is coming unasked: the sender relays it to every peer that lacks it.
-    The receiver counts it as requested from the sender, or answers Cancel if it does not want
-    it (held already, on its way from elsewhere, or its hash not yet known)."""
+    """A Have whose chunk is coming unasked (the seed hands a fresh chunk to one peer, which
+    relays it to every peer that lacks it). The receiver counts it as requested from the
+    sender, or answers Cancel if it does not want it (it holds the chunk already)."""
 
     digest: str
     index: int

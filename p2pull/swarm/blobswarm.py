@@ -461,10 +461,8 @@ class BlobSwarm:
         return bits is not None and bits.has(index)
 
     def _push(self, peer: str, push: Push) -> bool:
-        if self.role is Role.SEED and not self.node.seeded_grant(self.digest, push.index, peer):
-            return False
         link = self.node.pool.link(peer)
-        return link is not None and self.node.push(link, push)
+        return link is not None and self.node.push(link, push, seeding=self.role is Role.SEED)
 
     def _broadcast(self, message: Message) -> None:
         for peer in self.members:

@@ -206,20 +206,24 @@ class SwarmNode:
         ):
             link.send(Reject(request.digest, request.index, REJECT_BUSY))
             return
-        if not self.seeded_grant(request.digest, request.index, link.peer_id):
+        if not self._seeding_grant(request.digest, request.index, link.peer_id):
             link.send(Reject(request.digest, request.index, "seeded: ask the peers"))
             return
         self._waiting.add((link.peer_id, request.digest, request.index))
         self._nursery.start_soon(self._upload, link, request)
 
-    def push(self, link: PeerLink, push: Push) -> bool:
+    def push(self, link: PeerLink, push: Push, *, seeding: bool = False) -> bool:
         """Send ``push`` (a Have) and then its chunk to ``link``'s peer unasked; the piece waits
         for an upload slot like a requested one, and the peer may Cancel it. False, and nothing
-        is sent, while PUSH_BACKLOG pushes or requests of that peer already wait for a slot: a
-        receiver whose link is slow asks for the chunk itself when it can take it."""
+        is sent, while PUSH_BACKLOG pushes or requests of that peer already wait for a slot (a
+        receiver whose link is slow asks for the chunk itself when it can take it), or, when
+        ``seeding``, if super-seeding does not grant the chunk to that peer (a grant is spent
+        only on a push that goes out)."""
         peer = link.peer_id
         waiting = sum(1 for key in self._waiting if key[0] == peer)
         if self._nursery is None or waiting >= PUSH_BACKLOG:
+            return False
+        if seeding and not self._seeding_grant(push.digest, push.index, peer):
             return False
         link.send(push)
         self.metrics.chunks_pushed.inc()
@@ -231,7 +235,7 @@ class SwarmNode:
         """Uploads under way plus requests waiting for a slot."""
         return self.config.upload_slots - self._uploads.value + len(self._waiting)
 
-    def seeded_grant(self, digest: str, index: int, peer: str) -> bool:
+    def _seeding_grant(self, digest: str, index: int, peer: str) -> bool:
         """May ``peer`` have chunk ``index`` of ``digest`` from us (super-seeding,
         ``p2pull.swarm.superseed``: a chunk this node fetched from the origin goes to one peer,
         the others get it from that peer)? Records the grant."""
