@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
+from p2pull.membership import Member, rank
+from p2pull.origin_fetch import OriginFetcher
+from p2pull.peer.messages import BlobInfo, Interested
+from p2pull.peer.wire import Authenticated
+from p2pull.reference import Digest
+from p2pull.swarm.blobswarm import BlobSwarm
 from p2pull.testing.origin import TestOrigin
-from tests.swarm_harness import get_blob, swarm
+from tests.fake_peer import RawSession
+from tests.swarm_harness import SECRET, free_port, get_blob, swarm
 
 NAME = "team/model"
 
@@ -49,3 +58,53 @@ async def test_five_agents_pull_one_blob_at_once_origin_sends_it_once(tmp_path: 
                     blob = node.agent.store.lookup(digest)
                     assert blob is not None and blob.complete
             nursery.cancel_scope.cancel()
+
+
+async def test_an_interested_that_reaches_a_finishing_swarm_is_still_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-chunk blob (an image config) completes at its seed in milliseconds. A peer's
+    Interested that reached the swarm task's inbox after its last look was never answered: the
+    peer waited 15 s for a BlobInfo, then went to the origin itself (half the demo runs). The
+    task's exit is widened here (it sleeps after its loop) so the Interested lands in it."""
+    real_run = BlobSwarm.run
+
+    async def slow_exit(self: BlobSwarm, origin: OriginFetcher) -> None:
+        await real_run(self, origin)
+        await trio.sleep(0.5)
+
+    monkeypatch.setattr(BlobSwarm, "run", slow_exit)
+    fake = Member.of("127.0.0.1", free_port())
+    origin = TestOrigin()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(origin.run)
+            async with swarm(tmp_path, origin, 1, extra_peers=[fake]) as nodes:
+                node = nodes[0]
+                real = Member.of("127.0.0.1", node.agent.config.peer_addr.port)
+                rng = random.Random(9)
+                while True:  # the real agent must be the seed
+                    data = rng.randbytes(402)
+                    if rank([real, fake], str(Digest.of(data)))[0] == real:
+                        break
+                digest = origin.add_blob(NAME, data)
+                async with httpx.AsyncClient(timeout=30) as http, trio.open_nursery() as pulls:
+                    pulls.start_soon(get_blob, http, node, origin.netloc, NAME, digest)
+                    await trio.sleep(0.25)  # the blob is complete, the task not yet gone
+                    assert node.agent.node is not None and digest in node.agent.node.swarms
+                    stream = await trio.open_tcp_stream("127.0.0.1", real.port)
+                    async with stream:
+                        session = RawSession(
+                            stream, node_id=fake.node_id, port=fake.port, secret=SECRET
+                        )
+                        await session.start()
+                        while not isinstance(await session.next_event(), Authenticated):
+                            pass
+                        await session.send(Interested(str(digest), NAME, origin.netloc))
+                        answer: object = None
+                        with trio.move_on_after(5):
+                            while not isinstance(answer := await session.next_event(), BlobInfo):
+                                pass
+            nursery.cancel_scope.cancel()
+    assert isinstance(answer, BlobInfo), "no BlobInfo within 5 s"
+    assert answer.size == len(data) and answer.hashes == (hashlib.sha256(data).digest(),)

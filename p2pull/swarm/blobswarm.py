@@ -117,6 +117,17 @@ class BlobSwarm:
                 return
             await self._handle(*event)
 
+    def unhandled_interest(self) -> list[str]:
+        """Peers whose Interested is still in the inbox (once the task has ended)."""
+        left: list[str] = []
+        while True:
+            try:
+                kind, peer, item = self._inbox.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return left
+            if kind == "msg" and isinstance(item, Interested):
+                left.append(peer)
+
     async def post(self, event: tuple[str, str, object]) -> None:
         """Put ``event`` in the inbox; waits only while the inbox is full. (trio's ``send``
         always passes through the scheduler; once per peer message that cost ~10 % of an
