@@ -1,5 +1,6 @@
 """A node's upload side as a peer sees it: a full upload queue answers "busy", a Cancel of a
-request still waiting for a slot means the chunk is never sent."""
+request still waiting for a slot means the chunk is never sent, a Push of a blob the node is not
+downloading is cancelled."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from p2pull.peer.messages import REJECT_BUSY, Cancel, Message, Piece, Reject, Request
+from p2pull.peer.messages import REJECT_BUSY, Cancel, Message, Piece, Push, Reject, Request
 from p2pull.peer.wire import Authenticated, Closed
 from p2pull.reference import Digest
 from p2pull.testing.origin import TestOrigin
@@ -95,3 +96,19 @@ async def test_a_cancelled_request_waiting_for_a_slot_is_never_sent(tmp_path: Pa
             nursery.cancel_scope.cancel()
     assert sorted(m.index for m in first if isinstance(m, Piece)) == [0, 1, 3]
     assert isinstance(last, Piece) and last.index == SLOTS
+
+
+async def test_a_push_of_a_blob_the_node_is_not_downloading_is_cancelled(tmp_path: Path) -> None:
+    """The pusher would otherwise send the piece for nothing (it waits for a slot, and a Cancel
+    drops it before it goes out)."""
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            node, digest, _ = await _node_holding_a_blob(tmp_path, nursery, 1)
+            client = await Client.connect(node)
+            other = "sha256:" + "ef" * 32  # neither held nor being downloaded here
+            await client.send(Push(other, 3, bytes(32)), Push(str(digest), 0, bytes(32)))
+            answers = [await client.receive() for _ in range(2)]
+            await client.stream.aclose()
+            nursery.cancel_scope.cancel()
+    # a push of a blob it holds whole is cancelled the same way (no swarm runs for it)
+    assert answers == [Cancel(other, 3), Cancel(str(digest), 0)]
