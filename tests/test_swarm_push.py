@@ -5,6 +5,7 @@ fellow leech (which dials the agent)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from collections.abc import AsyncIterator
@@ -52,16 +53,22 @@ class Hand:
         await self.session.send(*messages)
 
     async def read(
-        self, *, answer: dict[int, Piece] | None = None, info: BlobInfo | None = None
+        self,
+        *,
+        answer: dict[int, Piece] | None = None,
+        info: BlobInfo | None = None,
+        stall: bool = False,
     ) -> None:
         """Record what comes; answer Requests with ``answer``'s pieces (else Reject), and
-        Interested with ``info``."""
+        Interested with ``info``; with ``stall``, read nothing more once authenticated."""
         while True:
             event = await self.session.next_event()
             if isinstance(event, Closed):
                 return
             if isinstance(event, Authenticated):
                 self.authenticated.set()
+                if stall:
+                    return
                 continue
             self.got.append(event)
             self.arrived.set()
@@ -236,48 +243,58 @@ async def test_a_held_push_that_does_not_match_the_seeds_hash_is_dropped_with_it
     assert _sent(run.leech, Piece) == []
 
 
+async def _seed_pushing_to(
+    tmp_path: Path, count: int, chunk: int, *, stalled: bool = False
+) -> tuple[Node, bytes, list[Hand]]:
+    """A real agent, the seed of a ``count``-chunk blob fetched from a throttled origin (a
+    second in all: chunks land one by one), with two hand-driven members that asked for it; the
+    first stops reading once authenticated if ``stalled``. Returns once the agent's own client
+    got the blob and everything went quiet."""
+    members = [Member.of("127.0.0.1", free_port()) for _ in range(2)]
+    origin = TestOrigin()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(origin.run)
+        async with swarm(tmp_path, origin, 1, chunk_size=chunk, extra_peers=members) as nodes:
+            node = nodes[0]
+            real = Member.of("127.0.0.1", node.agent.config.peer_addr.port)
+            rng = random.Random(5)
+            while True:  # the real agent must be the seed
+                data = rng.randbytes(count * chunk)
+                digest = Digest.of(data)
+                if rank([real, *members], str(digest))[0] == real:
+                    break
+            origin.add_blob(NAME, data)
+            origin.fault(digest).rate = count * chunk
+            hands: list[Hand] = []
+            async with trio.open_nursery() as inner:
+                for number, member in enumerate(members):
+                    stream = await trio.open_tcp_stream("127.0.0.1", real.port)
+                    inner.start_soon(_close_at_exit, stream)
+                    session = RawSession(
+                        stream, node_id=member.node_id, port=member.port, secret=SECRET
+                    )
+                    hand = Hand(session)
+                    await session.start()
+                    inner.start_soon(functools.partial(hand.read, stall=stalled and number == 0))
+                    await hand.authenticated.wait()
+                    await hand.send(Interested(str(digest), NAME, origin.netloc))
+                    hands.append(hand)
+                async with httpx.AsyncClient(timeout=30) as http:
+                    assert await get_blob(http, node, origin.netloc, NAME, digest) == data
+                await trio.testing.wait_all_tasks_blocked(cushion=0.2)
+                inner.cancel_scope.cancel()
+        nursery.cancel_scope.cancel()
+    return node, data, hands
+
+
 async def test_the_seed_hands_each_chunk_from_the_origin_to_one_member_in_turn(
     tmp_path: Path,
 ) -> None:
     """Two members (hand-driven) ask a real agent, the blob's seed, for a blob it fetches from
     the origin: it pushes every chunk to one of them, in turn."""
     count = 16
-    members = [Member.of("127.0.0.1", free_port()) for _ in range(2)]
-    origin = TestOrigin()
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(origin.run)
-            async with swarm(tmp_path, origin, 1, chunk_size=CHUNK, extra_peers=members) as nodes:
-                node = nodes[0]
-                real = Member.of("127.0.0.1", node.agent.config.peer_addr.port)
-                rng = random.Random(5)
-                while True:  # the real agent must be the seed
-                    data = rng.randbytes(count * CHUNK)
-                    digest = Digest.of(data)
-                    if rank([real, *members], str(digest))[0] == real:
-                        break
-                origin.add_blob(NAME, data)
-                origin.fault(digest).rate = 16 * CHUNK  # a second: chunks land one by one
-                hands: list[Hand] = []
-                async with trio.open_nursery() as inner:
-                    for member in members:
-                        stream = await trio.open_tcp_stream("127.0.0.1", real.port)
-                        inner.start_soon(_close_at_exit, stream)
-                        hand = Hand(
-                            RawSession(
-                                stream, node_id=member.node_id, port=member.port, secret=SECRET
-                            )
-                        )
-                        await hand.session.start()
-                        inner.start_soon(hand.read)
-                        await hand.authenticated.wait()
-                        await hand.send(Interested(str(digest), NAME, origin.netloc))
-                        hands.append(hand)
-                    async with httpx.AsyncClient(timeout=30) as http:
-                        assert await get_blob(http, node, origin.netloc, NAME, digest) == data
-                    await trio.testing.wait_all_tasks_blocked(cushion=0.2)
-                    inner.cancel_scope.cancel()
-            nursery.cancel_scope.cancel()
+        node, data, hands = await _seed_pushing_to(tmp_path, count, CHUNK)
     pushed = [_sent(hand, Push) for hand in hands]
     pieces = [_sent(hand, Piece) for hand in hands]
     assert pieces == pushed  # every push is followed by its piece, nothing else is sent
@@ -291,3 +308,25 @@ async def test_the_seed_hands_each_chunk_from_the_origin_to_one_member_in_turn(
             if isinstance(message, Piece):
                 assert message.data == data[message.index * CHUNK : (message.index + 1) * CHUNK]
     assert node.metric("p2pull_chunks_pushed_total") == len(everything)
+
+
+async def test_a_member_that_stops_reading_does_not_stop_the_seeds_pushes_to_the_others(
+    tmp_path: Path,
+) -> None:
+    """Uploads to a peer whose socket is full wait; they hold that link's piece slots, not all
+    of the node's upload slots, and once two more wait for it the seed pushes elsewhere: the
+    member that reads gets every chunk but the few stuck on the stalled link."""
+    count, chunk = 32, 1 << 20  # far more than the kernel buffers of a link nobody reads
+    with trio.fail_after(60):
+        node, data, hands = await _seed_pushing_to(tmp_path, count, chunk, stalled=True)
+    reading = hands[1]
+    received = _sent(reading, Piece)
+    assert received == _sent(reading, Push)
+    # in turn it would get 16; the stalled one holds 2 uploads and 2 waiting: at most 4 lost
+    assert len(received) >= count - 4, received
+    assert all(
+        m.data == data[m.index * chunk : (m.index + 1) * chunk]
+        for m in reading.got
+        if isinstance(m, Piece)
+    )
+    assert node.metric("p2pull_chunks_pushed_total") <= count

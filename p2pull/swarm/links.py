@@ -45,7 +45,9 @@ Queued: TypeAlias = "tuple[Outgoing, _Delivery | None]"
 
 
 class PeerLink:
-    """One authenticated connection. ``send`` never blocks; ``upload`` waits for a slot."""
+    """One authenticated connection. ``send`` never blocks; ``upload`` waits until its piece is
+    on the wire. Whoever uploads holds one of ``piece_slots`` meanwhile (at most
+    PIECE_SLOTS_PER_LINK pieces of one link in flight)."""
 
     def __init__(self, stream: trio.SocketStream, conn: PeerConnection, peer_id: str) -> None:
         self.stream = stream
@@ -55,7 +57,7 @@ class PeerLink:
         self._queue_send, self._queue_receive = trio.open_memory_channel[
             tuple[Outgoing, _Delivery | None]
         ](math.inf)
-        self._piece_slots = trio.Semaphore(PIECE_SLOTS_PER_LINK)
+        self.piece_slots = trio.Semaphore(PIECE_SLOTS_PER_LINK)
 
     def send(self, message: Message) -> None:
         if self.closed or self.conn.state is not State.OPEN:
@@ -66,12 +68,11 @@ class PeerLink:
         """Send chunk ``index`` of ``blob`` as a Piece; True once it is on the wire (in the
         kernel's buffer), False if the link went away first. Store errors propagate."""
         offset, length = blob.chunk_span(index)
-        async with slot(self._piece_slots):
-            if self.closed or self.conn.state is not State.OPEN:
-                return False
-            sink = _PieceSink(self, self.conn.send_piece_header(digest, index, length), length)
-            await blob.send(sink, offset=offset, length=length)
-            return sink.sent
+        if self.closed or self.conn.state is not State.OPEN:
+            return False
+        sink = _PieceSink(self, self.conn.send_piece_header(digest, index, length), length)
+        await blob.send(sink, offset=offset, length=length)
+        return sink.sent
 
     def _enqueue(self, *items: Outgoing) -> _Delivery | None:
         """Queue ``items`` back to back (nothing can come between them); the returned delivery

@@ -260,7 +260,9 @@ class SwarmNode:
     async def _upload(self, link: PeerLink, request: Request) -> None:
         key = (link.peer_id, request.digest, request.index)
         try:
-            async with slot(self._uploads):
+            # The link's slot first: a peer that stops reading holds at most its own
+            # PIECE_SLOTS_PER_LINK of the node's upload slots, the others keep serving.
+            async with slot(link.piece_slots), slot(self._uploads):
                 if key not in self._waiting:
                     return  # cancelled while it waited
                 self._waiting.discard(key)
