@@ -339,10 +339,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         after = self.sched.in_flight()
         push = Assignment(peer, index)
         cap = PUSHES_PER_PEER * self.sched.max_in_flight_per_peer
+        if push in before:  # asked of it already: nothing changes, nothing to cancel
+            assert crossed == [] and after == before
+            return
         if (
             peer not in self.peers
             or index in self.held
-            or push in before
             or sum(a.peer == peer for a in before) >= cap
         ):
             assert crossed is None and after == before
@@ -502,10 +504,12 @@ def test_a_push_counts_as_a_request_and_cancels_the_requests_it_crossed() -> Non
     assert scheduler.next_requests(now=1.0) == reqs("seed:1")  # 0 and 2 are not asked again
     assert scheduler.on_piece("relay", 0, now=2.0) == []
     scheduler.have(0)
-    # a push of a chunk held, already pushed by that peer, or from an unknown peer: declined
+    # a push of a chunk held or from an unknown peer: declined; one already expected from that
+    # peer (asked, or pushed before): nothing to cancel, nothing changes
     assert scheduler.pushed("relay", 0, now=2.0) is None
-    assert scheduler.pushed("relay", 2, now=2.0) is None
     assert scheduler.pushed("stranger", 1, now=2.0) is None
+    assert scheduler.pushed("relay", 2, now=2.0) == []
+    assert scheduler.pushed("seed", 1, now=2.0) == []
     assert scheduler.in_flight() == reqs("relay:2 seed:1")
     # an expired push is released and penalized like a request
     assert scheduler.expire(now=1.0 + scheduler.request_timeout) == reqs("seed:1 relay:2")

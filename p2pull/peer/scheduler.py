@@ -140,15 +140,17 @@ class Scheduler:
         """Known ``peer`` is sending chunk ``index`` unasked (a relayed chunk): it counts as
         requested from ``peer`` at ``now``, and the requests for it to other peers are
         released and returned, to cancel (the push is on its way; a request may only have
-        crossed it). None when we hold it, or ``peer`` is unknown or sends it already, or has
-        PUSHES_PER_PEER times ``max_in_flight_per_peer`` chunks on their way (a hostile peer
-        cannot claim every chunk and send none): the caller cancels the push. What ``peer``
-        holds is told apart, with ``peer_has``. Pushes may take a peer past
+        crossed it); nothing changes if it was asked of ``peer`` already (the peer sends one
+        piece for both, and a Cancel would drop that). None when we hold it, or ``peer`` is
+        unknown or has PUSHES_PER_PEER times ``max_in_flight_per_peer`` chunks on their way (a
+        hostile peer cannot claim every chunk and send none): the caller cancels the push.
+        What ``peer`` holds is told apart, with ``peer_has``. Pushes may take a peer past
         ``max_in_flight_per_peer``: it is then asked for nothing more until they arrive."""
+        if peer in self._by_chunk.get(index, ()):
+            return []  # asked of it already: one upload answers both (a Cancel would drop it)
         if (
             peer not in self._peers
             or self._have.has(index)
-            or peer in self._by_chunk.get(index, ())
             or len(self._by_peer[peer]) >= PUSHES_PER_PEER * self.max_in_flight_per_peer
         ):
             return None
