@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 import trio.testing
 
@@ -30,6 +31,7 @@ from p2pull.peer.messages import (
 )
 from p2pull.peer.wire import Authenticated, Closed
 from p2pull.reference import Digest
+from p2pull.swarm import links
 from p2pull.swarm.blobswarm import BlobSwarm
 from p2pull.testing.origin import TestOrigin
 from tests.fake_peer import RawSession
@@ -245,7 +247,7 @@ async def test_a_held_push_that_does_not_match_the_seeds_hash_is_dropped_with_it
 
 async def _seed_pushing_to(
     tmp_path: Path, count: int, chunk: int, *, stalled: bool = False
-) -> tuple[Node, bytes, list[Hand]]:
+) -> tuple[Node, bytes, list[Hand], list[Member]]:
     """A real agent, the seed of a ``count``-chunk blob fetched from a throttled origin (a
     second in all: chunks land one by one), with two hand-driven members that asked for it; the
     first stops reading once authenticated if ``stalled``. Returns once the agent's own client
@@ -284,7 +286,7 @@ async def _seed_pushing_to(
                 await trio.testing.wait_all_tasks_blocked(cushion=0.2)
                 inner.cancel_scope.cancel()
         nursery.cancel_scope.cancel()
-    return node, data, hands
+    return node, data, hands, members
 
 
 async def test_the_seed_hands_each_chunk_from_the_origin_to_one_member_in_turn(
@@ -294,7 +296,7 @@ async def test_the_seed_hands_each_chunk_from_the_origin_to_one_member_in_turn(
     the origin: it pushes every chunk to one of them, in turn."""
     count = 16
     with trio.fail_after(60):
-        node, data, hands = await _seed_pushing_to(tmp_path, count, CHUNK)
+        node, data, hands, _ = await _seed_pushing_to(tmp_path, count, CHUNK)
     pushed = [_sent(hand, Push) for hand in hands]
     pieces = [_sent(hand, Piece) for hand in hands]
     assert pieces == pushed  # every push is followed by its piece, nothing else is sent
@@ -318,7 +320,7 @@ async def test_a_member_that_stops_reading_does_not_stop_the_seeds_pushes_to_the
     member that reads gets every chunk but the few stuck on the stalled link."""
     count, chunk = 32, 1 << 20  # far more than the kernel buffers of a link nobody reads
     with trio.fail_after(60):
-        node, data, hands = await _seed_pushing_to(tmp_path, count, chunk, stalled=True)
+        node, data, hands, _ = await _seed_pushing_to(tmp_path, count, chunk, stalled=True)
     reading = hands[1]
     received = _sent(reading, Piece)
     assert received == _sent(reading, Push)
@@ -330,3 +332,22 @@ async def test_a_member_that_stops_reading_does_not_stop_the_seeds_pushes_to_the
         if isinstance(m, Piece)
     )
     assert node.metric("p2pull_chunks_pushed_total") <= count
+
+
+async def test_a_member_that_takes_nothing_past_the_write_deadline_is_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its link's uploads would hold two of the node's upload slots for as long as the peer's
+    kernel keeps the connection up; past the write deadline (shortened here) the link closes
+    and the seed goes on without it."""
+    monkeypatch.setattr(links, "WRITE_STALL", 0.5)
+    monkeypatch.setattr(links, "WRITE_MIN_RATE", 1 << 40)  # the deadline is WRITE_STALL alone
+    count, chunk = 32, 1 << 20
+    with trio.fail_after(60):
+        node, _, hands, members = await _seed_pushing_to(tmp_path, count, chunk, stalled=True)
+    stalled_id = members[0].node_id
+    assert node.agent.node is not None
+    # its link was closed during the pull (the agent suspects a peer whose link breaks)
+    assert node.agent.node.membership.suspected().keys() >= {stalled_id}
+    # what was pushed to it before the drop is lost to the reading member; the rest came
+    assert len(_sent(hands[1], Piece)) >= count - 4

@@ -38,6 +38,13 @@ log = logging.getLogger(__name__)
 RECEIVE_SIZE = 1024 * 1024
 PIECE_SLOTS_PER_LINK = 2
 COALESCE_MAX = 64 * 1024  # small frames queued together go out in one send, up to this much
+# A peer that takes nothing (a hung process, a hostile one) would hold this link's uploads, and
+# the node's upload slots they took, for as long as its kernel keeps the connection up. A send
+# may take WRITE_STALL seconds plus the time to move the frame and a full send buffer at
+# WRITE_MIN_RATE; after that the link is closed.
+WRITE_STALL = 30.0
+WRITE_MIN_RATE = 64 * 1024  # bytes per second
+SEND_BUFFER_ALLOWANCE = 4 * 1024 * 1024  # what the kernel may still hold ahead of the frame
 
 
 Outgoing: TypeAlias = bytes | FileRegion
@@ -104,13 +111,7 @@ class PeerLink:
                             return
                     batch, ahead = self._batch(ahead)
                     try:
-                        item = batch[0][0]
-                        if isinstance(item, FileRegion):
-                            await sendfile_all(self.stream, item)
-                        else:
-                            parts = [part for part, _ in batch if isinstance(part, bytes)]
-                            data = parts[0] if len(parts) == 1 else b"".join(parts)
-                            await send_all_eager(self.stream, data)
+                        await self._send_batch(batch)
                         for _, delivery in batch:
                             if delivery is not None:
                                 delivery.sent = True
@@ -129,6 +130,23 @@ class PeerLink:
                         break
                     if delivery is not None:
                         delivery.done.set()
+
+    async def _send_batch(self, batch: list[Queued]) -> None:
+        """Write ``batch`` (one FileRegion, or frames joined), within the write deadline."""
+        item = batch[0][0]
+        size = sum(len(part) for part, _ in batch)
+        deadline = WRITE_STALL + (size + SEND_BUFFER_ALLOWANCE) / WRITE_MIN_RATE
+        with trio.move_on_after(deadline) as timer:
+            if isinstance(item, FileRegion):
+                await sendfile_all(self.stream, item)
+            else:
+                parts = [part for part, _ in batch if isinstance(part, bytes)]
+                data = parts[0] if len(parts) == 1 else b"".join(parts)
+                await send_all_eager(self.stream, data)
+        if timer.cancelled_caught:  # part of a frame may be out: the connection is unusable
+            raise trio.BrokenResourceError(
+                f"{self.peer_id} took no {size} bytes in {deadline:.0f} s: too slow, or stuck"
+            )
 
     def _batch(self, first: Queued) -> tuple[list[Queued], Queued | None]:
         """``first`` and the small frames queued right behind it, to go out in one send (a
