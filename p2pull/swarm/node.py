@@ -134,13 +134,19 @@ class SwarmNode:
         completes in milliseconds) would wait for a BlobInfo that never comes: answer them
         here, now that this node holds the blob (measured before: 15 s of info timeout, then
         an origin fetch, for the config blob of half the demo runs)."""
-        blob = self.store.lookup(digest)
-        if blob is None or not blob.bitfield.complete:
-            return  # the swarm failed: it told its members; the others time out and retry
         for peer in swarm.unhandled_interest():
             link = self.pool.link(peer)
             if link is not None:
-                link.send(blob_info(str(digest), blob))
+                # if the swarm failed, it told its members; these time out and retry
+                self._describe_complete(link, digest)
+
+    def _describe_complete(self, link: PeerLink, digest: Digest) -> bool:
+        """Send ``link``'s peer our BlobInfo if we hold all of ``digest``; True if sent."""
+        blob = self.store.lookup(digest)
+        if blob is None or not blob.bitfield.complete:
+            return False
+        link.send(blob_info(str(digest), blob))
+        return True
 
     def _swarm(self, transfer: Transfer) -> BlobSwarm:
         swarm = self.swarms.get(transfer.digest)
@@ -186,9 +192,7 @@ class SwarmNode:
             link.send(Cancel(message.digest, message.index))  # no download of it here (any more)
 
     async def _on_interested(self, link: PeerLink, digest: Digest, message: Interested) -> None:
-        blob = self.store.lookup(digest)
-        if blob is not None and blob.bitfield.complete:
-            link.send(blob_info(message.digest, blob))
+        if self._describe_complete(link, digest):
             return
         try:
             name = validate_name(message.name)
