@@ -1,7 +1,8 @@
 """Swarm benchmark (the issue's pull storm): N shaped nodes pull the same content at once.
 
     python3 bench/swarm_bench.py --nodes 8 --rate-mbit 200 --size 128MiB [--layers 1] \
-        [--rtt-ms 0] [--strategy direct,central,bittorrent,p2pull] [--discovery static|mdns] \
+        [--rtt-ms 0] [--strategy direct,central,bittorrent,p2pull,floor] \
+        [--discovery static|mdns] \
         [--late-joiners 0.5 --late-delay 5] [--out-dir DIR | --out FILE.json] [--no-plot] \
         [--py-spy DIR] [--repeat N]
 
@@ -17,6 +18,9 @@ of delay (netem under the tbf). Strategies:
   every node (``bench/bittorrent.py``; needs Debian's opentracker and python3-libtorrent).
 - ``p2pull``: every node runs an agent (static peers by default: same data path as mDNS, no
   convergence wait) and pulls through its own mirror, all at once (curl).
+- ``floor``: not a product but the measure of the machine: a relay tree with no protocol
+  (``bench/floor.py``; node 1 fetches, relays forward, every node stores, hashes and streams to
+  its curl). Its slowest node is what the bytes alone need here.
 
 ``--repeat N`` runs every strategy N times, interleaved, and reports the run with the median
 slowest node (and every run's slowest node): this machine's run-to-run spread is about ±5 %.
@@ -59,6 +63,7 @@ sys.path.insert(0, str(ROOT))
 from agent.config import parse_size  # noqa: E402
 from bench.bittorrent import Swarm, bittorrent_missing  # noqa: E402
 from bench.central import start_cache  # noqa: E402
+from bench.floor import start_floor  # noqa: E402
 from bench.plot import write_plot  # noqa: E402
 from tests.netns import (  # noqa: E402
     Host,
@@ -70,8 +75,9 @@ from tests.netns import (  # noqa: E402
     read_json_line,
 )
 
-STRATEGIES = ("direct", "central", "bittorrent", "p2pull")
-CPU_OF = {"p2pull": "agents", "central": "cache", "bittorrent": "leechers"}  # whose CPU is reported
+STRATEGIES = ("direct", "central", "bittorrent", "p2pull", "floor")
+# whose CPU is reported
+CPU_OF = {"p2pull": "agents", "central": "cache", "bittorrent": "leechers", "floor": "nodes"}
 
 NAME = "bench/model"
 MIRROR_PORT, PEER_PORT, METRICS_PORT = 5050, 5051, 9395
@@ -246,6 +252,12 @@ async def run_on(
             )  # fmt: skip
             await swarm.start(net, origin_host, digests=digests, logdir=logdir, env=env)
             targets, query = [""] * len(nodes), ""
+        elif strategy == "floor":
+            agents = await start_floor(
+                net, workdir=workdir / strategy, served=served, name=NAME,
+                chunk_size=parse_size(args.chunk_size), logdir=logdir, env=env,
+            )  # fmt: skip
+            targets, query = [f"http://{h.ip}:{MIRROR_PORT}" for h in nodes], ""
         else:
             targets, query = [served["url"]] * len(nodes), ""
         before = [proc_stat(a.pid) for a in agents]

@@ -2,7 +2,7 @@
 
 3 nodes, one 8 MiB blob, 1 Gbit/s links, one late joiner (1 s): direct, the central
 pull-through cache (when docker-registry is installed), BitTorrent (when opentracker and
-python3-libtorrent are) and p2pull, run end to end in-process
+python3-libtorrent are), p2pull and the protocol-free floor, run end to end in-process
 through the namespace harness (``tests/netns.py``: skips when not root or without ``ip``; kills
 every process and deletes the namespaces at teardown, also on failure or timeout). Checks the
 JSON and Markdown it writes and that the figures are sane; no plot (matplotlib is bench-only).
@@ -38,12 +38,12 @@ async def test_swarm_bench_toy_size_every_strategy(tmp_path: Path) -> None:
     reason = netns_missing()
     if reason is not None:
         pytest.skip(reason)
-    strategies = ["direct", "p2pull"]
+    strategies = ["direct", "p2pull", "floor"]
     # The baselines that need extra Debian packages run when those are installed.
     if shutil.which("docker-registry") is not None:
         strategies.insert(1, "central")
     if bittorrent_missing() is None:
-        strategies.insert(-1, "bittorrent")
+        strategies.insert(-2, "bittorrent")
     out_dir = tmp_path / "out"
     args = swarm_bench.parse_args(
         [
@@ -82,6 +82,9 @@ async def test_swarm_bench_toy_size_every_strategy(tmp_path: Path) -> None:
     assert NODES - 0.05 <= by_name["direct"]["origin_egress_payload"] <= NODES + 0.1
     assert by_name["p2pull"]["origin_egress_payload"] <= 1.1
     assert len(by_name["p2pull"]["agent_cpu_s"]) == NODES
+    # The floor's relay tree takes the blob from the origin once, too.
+    assert by_name["floor"]["origin_egress_payload"] <= 1.1
+    assert by_name["floor"]["cpu_of"] == "nodes" and len(by_name["floor"]["agent_cpu_s"]) == NODES
     if "central" in by_name:
         # One cache, not coalescing concurrent misses: between once and N + 1 times.
         assert by_name["central"]["origin_egress_payload"] <= (NODES + 1) * 1.05
