@@ -17,7 +17,7 @@ of delay (netem under the tbf). Strategies:
 - ``bittorrent``: opentracker + a libtorrent seeder on the origin host, a libtorrent leecher on
   every node (``bench/bittorrent.py``; needs Debian's opentracker and python3-libtorrent).
 - ``p2pull``: every node runs an agent (static peers by default: same data path as mDNS, no
-  convergence wait) and pulls through its own mirror, all at once (curl).
+  convergence wait) and pulls through its own mirror, all at once (curl; ``bench/agents.py``).
 - ``floor``: not a product but the measure of the machine: a relay tree with no protocol
   (``bench/floor.py``; node 1 fetches, relays forward, every node stores, hashes and streams to
   its curl). Its slowest node is what the bytes alone need here.
@@ -61,12 +61,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.config import parse_size  # noqa: E402
+from bench.agents import MIRROR_PORT, agent_metrics, start_agents  # noqa: E402
 from bench.bittorrent import Swarm, bittorrent_missing  # noqa: E402
 from bench.central import start_cache  # noqa: E402
 from bench.floor import start_floor  # noqa: E402
 from bench.plot import write_plot  # noqa: E402
 from tests.netns import (  # noqa: E402
-    Host,
     NetnsError,
     Network,
     iface_counters,
@@ -80,9 +80,7 @@ STRATEGIES = ("direct", "central", "bittorrent", "p2pull", "floor")
 CPU_OF = {"p2pull": "agents", "central": "cache", "bittorrent": "leechers", "floor": "nodes"}
 
 NAME = "bench/model"
-MIRROR_PORT, PEER_PORT, METRICS_PORT = 5050, 5051, 9395
 FRAME_OVERHEAD = 66  # Ethernet + IPv4 + TCP with timestamps, per packet the interface counts
-SECRET = "swarm-bench-cluster-secret-0123456789"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 # Runs in a node's namespace: wait for the common start instant, fetch every URL in parallel with
@@ -153,31 +151,6 @@ async def add_delay(net: Network, rtt_ms: float, rate_bit: int) -> None:
             raise SystemExit(f"swarm_bench: --rtt-ms needs the netem qdisc: {exc}") from None
 
 
-class AgentLog:
-    """Drains one agent's stderr into a file and remembers the lines that matter here."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.ready = False
-        self.joined: set[str] = set()
-        self.changed = trio.Event()
-
-    async def drain(self, process: trio.Process) -> None:
-        assert process.stderr is not None
-        buffer = b""
-        with self.path.open("wb") as log:
-            async for data in process.stderr:
-                log.write(data)
-                *lines, buffer = (buffer + data).split(b"\n")
-                for line in lines:
-                    text = line.decode(errors="replace")
-                    self.ready = self.ready or "agent ready" in text
-                    if " joined" in text and "mDNS: " in text:
-                        self.joined.add(text.split("mDNS: ", 1)[1].split(" ", 1)[0])
-                self.changed.set()
-                self.changed = trio.Event()
-
-
 @contextlib.asynccontextmanager
 async def profilers(directory: Path | None, pids: list[int]) -> AsyncIterator[None]:
     """py-spy record on each pid while the body runs; SIGINT makes it write its file."""
@@ -235,7 +208,10 @@ async def run_on(
         size, digests = int(served["size"]), list(served["digests"])
         agents: list[trio.Process] = []  # the helpers whose CPU is reported
         if strategy == "p2pull":
-            agents = await start_agents(net, nursery, args, workdir / strategy, served, logdir)
+            agents = await start_agents(
+                net, nursery, args=args, workdir=workdir / strategy, served=served,
+                logdir=logdir, env=env,
+            )  # fmt: skip
             targets = [f"http://{h.ip}:{MIRROR_PORT}" for h in nodes]
             query = f"?ns={served['netloc']}"
         elif strategy == "central":
@@ -353,63 +329,6 @@ def late_nodes(count: int, fraction: float) -> set[int]:
     """Slots (0-based) of the nodes that start late: the last ``round(fraction * count)``."""
     late = min(count, max(0, int(fraction * count + 0.5)))
     return set(range(count - late, count))
-
-
-async def start_agents(
-    net: Network,
-    nursery: trio.Nursery,
-    args: argparse.Namespace,
-    workdir: Path,
-    served: dict[str, Any],
-    logdir: Path,
-) -> list[trio.Process]:
-    nodes = net.hosts[1:]
-    secret = workdir / "secret"
-    secret.write_text(SECRET)
-    peers = ",".join(f"{h.ip}:{PEER_PORT}" for h in nodes)
-    discovery = ["--discovery", "mdns"]
-    if args.discovery == "static":
-        discovery = ["--discovery", "static", "--peers", peers]
-    agents, logs = [], []
-    for host in nodes:
-        log = AgentLog(logdir / f"agent{host.index}.log")
-        launcher = [args.launcher] if args.launcher else ["-m", "agent"]
-        agent = await net.start(
-            host, sys.executable, *launcher, "agent",
-            "--mirror-addr", f"{host.ip}:{MIRROR_PORT}",
-            "--metrics-addr", f"{host.ip}:{METRICS_PORT}",
-            "--peer-addr", f"{host.ip}:{PEER_PORT}", "--advertise-addr", host.ip,
-            "--data-dir", str(workdir / f"node{host.index}"),
-            "--upstream", f"{served['netloc']}={served['url']}", *discovery,
-            "--cluster-secret-file", str(secret), "--chunk-size", args.chunk_size,
-            "--log-level", args.log_level, "--log-format", "text",
-            env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(ROOT),
-        )  # fmt: skip
-        nursery.start_soon(log.drain, agent)
-        agents.append(agent)
-        logs.append(log)
-    with trio.fail_after(60):
-        for log, host in zip(logs, nodes, strict=True):
-            want = {f"{h.ip}:{PEER_PORT}" for h in nodes} - {f"{host.ip}:{PEER_PORT}"}
-            while not log.ready or (args.discovery == "mdns" and not want <= log.joined):
-                await log.changed.wait()
-    return agents
-
-
-async def agent_metrics(net: Network, host: Host) -> dict[str, float]:
-    url = f"http://{host.ip}:{METRICS_PORT}/metrics"
-    out = await net.run(host, "curl", "-sf", "--noproxy", "*", url, check=False)
-    wanted = {
-        'p2pull_fetched_bytes_total{source="peer"}': "from_peers",
-        'p2pull_fetched_bytes_total{source="origin"}': "from_origin",
-        "p2pull_peer_upload_bytes_total": "uploaded",
-    }
-    found: dict[str, float] = {}
-    for line in out.stdout.decode().splitlines():
-        key, _, value = line.rpartition(" ")
-        if key in wanted:
-            found[wanted[key]] = float(value)
-    return found
 
 
 def table(results: list[dict[str, Any]]) -> str:
