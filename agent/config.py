@@ -39,6 +39,7 @@ class AgentConfig:
     data_dir: Path = Path("/var/lib/p2pull")
     upstreams: Mapping[str, str] = field(default_factory=dict)
     default_upstream: str | None = None
+    only_listed_upstreams: bool = False  # --upstream-policy listed
     peers: tuple[HostPort, ...] = ()
     discovery: str = "mdns"  # "static", "mdns" or "dns:NAME"
     advertise_addr: str | None = None  # the IP other nodes reach this one at
@@ -99,6 +100,13 @@ def add_agent_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str])
         help="NS=URL: the upstream for requests with ?ns=NS (repeatable; env: comma-separated)",
     )
     opt("--default-upstream", default=None, help="upstream URL for clients that send no ns")
+    opt(
+        "--upstream-policy",
+        default="any",
+        choices=("any", "listed"),
+        help="any: an ns not in --upstream is fetched from https://NS; listed: only --upstream "
+        "ones and the default (others get 404, and containerd goes to the registry itself)",
+    )
     opt("--peers", default="", help="static peer list HOST:PORT,... (used by the swarm)")
     opt(
         "--discovery",
@@ -140,6 +148,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     default = args.default_upstream
     if default is not None and not default.startswith(("http://", "https://")):
         raise ConfigError(f"--default-upstream: expected an http(s) URL, got {default!r}")
+    policy = args.upstream_policy
+    if policy not in ("any", "listed"):  # a value from the environment skips argparse's choices
+        raise ConfigError(f"--upstream-policy: expected any or listed, got {policy!r}")
     chunk_size = parse_size(args.chunk_size)
     if not 64 * 1024 <= chunk_size <= 64 * 1024 * 1024:
         raise ConfigError("--chunk-size must be between 64KiB and 64MiB")
@@ -160,6 +171,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         data_dir=Path(args.data_dir),
         upstreams=upstreams,
         default_upstream=default.rstrip("/") if default else None,
+        only_listed_upstreams=policy == "listed",
         peers=tuple(
             HostPort.parse(p.strip(), what="--peers") for p in args.peers.split(",") if p.strip()
         ),

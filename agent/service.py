@@ -114,6 +114,7 @@ class Agent:
                 metrics=self.metrics,
                 upstreams=config.upstreams,
                 default=config.default_upstream,
+                only_listed=config.only_listed_upstreams,
                 credentials=credentials,
             )
             blobs = BlobService(

@@ -32,9 +32,19 @@ def test_flags_and_environment() -> None:
     }
     assert config.store_quota == 2 << 30 and config.chunk_size == 1 << 20
     assert config.peers == (HostPort("198.18.0.2", 5051), HostPort("198.18.0.3", 5051))
+    assert config.only_listed_upstreams is False  # default policy: any
     # a flag beats the environment
     flagged = load_agent_config(["--mirror-addr", "0.0.0.0:7000"], env)
     assert flagged.mirror_addr == HostPort("0.0.0.0", 7000)
+    listed = load_agent_config([], {**env, "P2PULL_UPSTREAM_POLICY": "listed"})
+    assert listed.only_listed_upstreams is True
+    assert (
+        load_agent_config(["--upstream-policy", "any"], listed_env()).only_listed_upstreams is False
+    )
+
+
+def listed_env() -> dict[str, str]:
+    return {"P2PULL_UPSTREAM_POLICY": "listed"}
 
 
 @pytest.mark.parametrize(
@@ -53,6 +63,13 @@ def test_flags_and_environment() -> None:
 def test_bad_configuration_is_refused(argv: list[str]) -> None:
     with pytest.raises(ConfigError):
         load_agent_config(argv, {})
+
+
+def test_bad_upstream_policy_is_refused() -> None:
+    with pytest.raises(SystemExit):  # argparse's choices, on the command line
+        load_agent_config(["--upstream-policy", "some"], {})
+    with pytest.raises(ConfigError, match="upstream-policy"):  # the environment skips choices
+        load_agent_config([], {"P2PULL_UPSTREAM_POLICY": "some"})
 
 
 @pytest.mark.parametrize(

@@ -566,6 +566,35 @@ def test_resolve_endpoint_refuses(ns: str | None, default: str | None) -> None:
     assert info.value.http_status == 404
 
 
+@pytest.mark.parametrize(
+    ("ns", "default", "base_url"),
+    [
+        pytest.param("127.0.0.1:5000", None, "http://127.0.0.1:5000", id="listed"),
+        pytest.param("MIRROR.local", None, "http://10.0.0.1:8080", id="listed-any-case"),
+        pytest.param(None, "https://reg.example", "https://reg.example", id="no-ns-default"),
+        pytest.param("reg.example", "https://reg.example", "https://reg.example", id="ns-default"),
+        pytest.param("ghcr.io", None, None, id="unlisted"),
+        pytest.param("docker.io", None, None, id="hub-unlisted"),
+        pytest.param("127.0.0.1:5001", None, None, id="other-port"),
+        pytest.param("ghcr.io", "https://reg.example", None, id="unlisted-with-default"),
+    ],
+)
+def test_resolve_endpoint_only_listed(
+    ns: str | None, default: str | None, base_url: str | None
+) -> None:
+    if base_url is None:
+        with pytest.raises(NameUnknown, match="not a listed upstream"):
+            resolve_endpoint(ns, upstreams=CONFIGURED, default=default, only_listed=True)
+    else:
+        endpoint = resolve_endpoint(ns, upstreams=CONFIGURED, default=default, only_listed=True)
+        assert endpoint.base_url == base_url
+
+
+def test_resolve_endpoint_takes_a_url_only_as_the_default() -> None:
+    with pytest.raises(NameUnknown, match="not a registry host"):
+        resolve_endpoint("http://10.0.0.9:80", upstreams=CONFIGURED, default=None)
+
+
 def test_registry_set_reuses_clients_and_finds_credentials() -> None:
     creds = Credentials({"https://index.docker.io/v1/": Credential("u", "p")})
     upstreams = RegistrySet(httpx.AsyncClient(), metrics=Metrics(), credentials=creds)

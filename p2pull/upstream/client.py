@@ -319,8 +319,10 @@ class RegistrySet:
 
     ``upstreams`` maps an ns (``"127.0.0.1:5000"``) to a base URL; ``docker.io`` (any spelling)
     goes to ``https://registry-1.docker.io`` with the ``library/`` rule; any other ns maps to
-    ``https://<ns>``; ``default`` (an ns or a URL) serves requests without ``ns``. Clients are
-    kept per endpoint so each registry's tokens and auth scheme are learned once.
+    ``https://<ns>``, unless ``only_listed`` (then only listed ones and the default's registry
+    are served; others are NameUnknown); ``default`` (an ns or a URL) serves requests without
+    ``ns``. Clients are kept per endpoint so each registry's tokens and auth scheme are learned
+    once.
     """
 
     def __init__(
@@ -330,6 +332,7 @@ class RegistrySet:
         metrics: Metrics,
         upstreams: Mapping[str, str] | None = None,
         default: str | None = None,
+        only_listed: bool = False,
         credentials: Credentials | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
@@ -340,6 +343,7 @@ class RegistrySet:
         self._metrics = metrics
         self._upstreams = dict(upstreams or {})
         self._default = default
+        self._only_listed = only_listed
         self._credentials = credentials if credentials is not None else Credentials()
         self._retry, self._timeouts, self._sleep, self._rand = retry, timeouts, sleep, rand
         self._tokens = TokenCache()
@@ -350,7 +354,9 @@ class RegistrySet:
             resolve_endpoint(None, upstreams=self._upstreams, default=default)
 
     def for_namespace(self, ns: str | None) -> RegistryClient:
-        endpoint = resolve_endpoint(ns, upstreams=self._upstreams, default=self._default)
+        endpoint = resolve_endpoint(
+            ns, upstreams=self._upstreams, default=self._default, only_listed=self._only_listed
+        )
         client = self._clients.get(endpoint)
         if client is None:
             client = RegistryClient(

@@ -88,18 +88,28 @@ class Endpoint:
 
 
 def resolve_endpoint(
-    ns: str | None, *, upstreams: Mapping[str, str], default: str | None
+    ns: str | None,
+    *,
+    upstreams: Mapping[str, str],
+    default: str | None,
+    only_listed: bool = False,
 ) -> Endpoint:
-    """Map a request's ``ns`` to an endpoint (see RegistrySet). Raises NameUnknown (404)."""
+    """Map a request's ``ns`` to an endpoint (see RegistrySet). Raises NameUnknown (404): for a
+    malformed ns, no ns and no default, or, with ``only_listed``, an ns that is neither in
+    ``upstreams`` nor the default's registry (a mirror's 404 sends containerd to the next host,
+    the registry itself)."""
     target = ns if ns is not None else default
     if target is None:
         raise NameUnknown("request has no ns parameter and no default upstream is configured")
-    if "://" in target:
+    if ns is None and "://" in target:  # a default given as a URL; an ns is a host[:port]
         return Endpoint.from_url(target)
     if _NS_RE.fullmatch(target) is None:
         raise NameUnknown(f"ns {target[:100]!r} is not a registry host[:port]")
     key = registry_key(target)
     configured = {registry_key(k): v for k, v in upstreams.items()}
+    listed = key in configured or (default is not None and registry_key(default) == key)
+    if only_listed and ns is not None and not listed:
+        raise NameUnknown(f"ns {target[:100]!r} is not a listed upstream (policy: listed)")
     if key in configured:
         endpoint = Endpoint.from_url(configured[key])
         return Endpoint(
