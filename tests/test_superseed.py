@@ -61,6 +61,20 @@ def test_capping_lingers_one_window_after_the_swarm_ends() -> None:
     assert seeder.grant(D, 0, "d", now=15.1, alive=everyone)
 
 
+def test_recipients_are_the_live_peers_granted_a_chunk_within_the_window() -> None:
+    seeder = SuperSeeder(copies=1, window=10.0)
+    assert seeder.recipients(D, now=0.0, alive=everyone) == []  # not seeded here
+    seeder.start(D)
+    assert seeder.grant(D, 0, "b", now=0.0, alive=everyone)
+    assert seeder.grant(D, 1, "a", now=4.0, alive=everyone)
+    assert seeder.grant(D, 2, "b", now=5.0, alive=everyone)
+    assert seeder.grant(D, 3, "c", now=6.0, alive=everyone)
+    assert seeder.recipients(D, now=6.0, alive=everyone) == ["a", "b", "c"]
+    assert seeder.recipients(D, now=6.0, alive=lambda peer: peer != "c") == ["a", "b"]
+    assert seeder.recipients(D, now=14.5, alive=everyone) == ["b", "c"]  # a's grant expired
+    assert seeder.recipients("sha256:" + "cd" * 32, now=6.0, alive=everyone) == []
+
+
 def test_zero_copies_means_no_cap_and_bad_window_is_refused() -> None:
     seeder = SuperSeeder(copies=0, window=1.0)
     seeder.start(D)

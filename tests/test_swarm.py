@@ -108,3 +108,35 @@ async def test_an_interested_that_reaches_a_finishing_swarm_is_still_answered(
             nursery.cancel_scope.cancel()
     assert isinstance(answer, BlobInfo), "no BlobInfo within 5 s"
     assert answer.size == len(data) and answer.hashes == (hashlib.sha256(data).digest(),)
+
+
+async def test_a_node_that_asks_after_the_swarm_ended_learns_who_holds_the_chunks(
+    tmp_path: Path,
+) -> None:
+    """A small blob's swarm is over in milliseconds. A node that asks for it a moment later
+    knows only the seed, and the seed, still handing each chunk out once (super-seeding, a
+    15 s window), refuses it the chunks it gave the other node. It used to wait out that
+    window; now the seed's BlobInfo comes with the names of those who got the chunks."""
+    origin = TestOrigin()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(origin.run)
+            async with (
+                swarm(tmp_path, origin, 3, chunk_size=64 * 1024) as nodes,
+                httpx.AsyncClient(timeout=30) as http,
+            ):
+                members = [Member.of("127.0.0.1", n.agent.config.peer_addr.port) for n in nodes]
+                rng = random.Random(11)
+                while True:  # nodes[0] must be the seed
+                    data = rng.randbytes(3 * 64 * 1024 + 7)
+                    if rank(members, str(Digest.of(data)))[0] == members[0]:
+                        break
+                digest = origin.add_blob(NAME, data)
+                await get_blob(http, nodes[0], origin.netloc, NAME, digest)  # fetches, seeds
+                await get_blob(http, nodes[1], origin.netloc, NAME, digest)  # granted each chunk
+                with trio.fail_after(10):  # the super-seeding window is 15 s
+                    assert await get_blob(http, nodes[2], origin.netloc, NAME, digest) == data
+                late_from_peers = nodes[2].metric("p2pull_fetched_bytes_total", source="peer")
+            nursery.cancel_scope.cancel()
+    assert late_from_peers == len(data)
+    assert origin.bytes_sent == len(data)

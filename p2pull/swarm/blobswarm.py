@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import logging
 import random
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import trio
@@ -262,9 +263,8 @@ class BlobSwarm:
         if self.role is Role.SEED:
             others = [m for m in self.members if m != peer and m not in self.bad]
             sample = random.sample(others, min(len(others), self.node.config.peers_handout))
-            handout = tuple((m, *_split(m)) for m in sample)
-            if handout:
-                self._send(peer, Peers(self.digest, handout))
+            if sample:
+                self._send(peer, peers_message(self.digest, sample))
 
     async def _on_info(self, peer: str, info: BlobInfo) -> None:
         blob = self.transfer.blob
@@ -561,9 +561,14 @@ def blob_info(digest: str, blob: StoredBlob) -> BlobInfo:
     return BlobInfo(digest, blob.size, blob.chunk_size, blob.bitfield.to_bytes(), hashes)
 
 
+def peers_message(digest: str, node_ids: Iterable[str]) -> Peers:
+    """The Peers message that hands out ``node_ids`` (``host:port``) for ``digest``."""
+    return Peers(digest, tuple((m, *_split(m)) for m in node_ids))
+
+
 def _split(node_id: str) -> tuple[str, int]:
     host, _, port = node_id.rpartition(":")
     return host.strip("[]"), int(port)
 
 
-__all__ = ["BlobSwarm", "Role", "blob_info"]
+__all__ = ["BlobSwarm", "Role", "blob_info", "peers_message"]

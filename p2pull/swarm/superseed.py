@@ -5,9 +5,11 @@ all, its uplink would carry the blob once per node and the swarm would be no fas
 pulls (measured: 2.8 copies on the seed's uplink, the whole run bound by it). So, while a node
 seeds a blob and for ``window`` seconds after, it grants each chunk to at most ``copies``
 peers per ``window``; the other requesters are rejected and get the chunk from those peers, who
-announce it with a Have the moment it lands. A recipient whose link is gone no longer counts
-(the chunk may have died with it), and after ``window`` seconds the seed grants another copy,
-so a requester that cannot reach any recipient is delayed, never stranded.
+announce it with a Have the moment it lands. A requester that comes after the swarm ended (a
+small blob is done in milliseconds) hears from no one: the seed names the ``recipients`` when it
+answers that requester's Interested. A recipient whose link is gone no longer counts (the chunk
+may have died with it), and after ``window`` seconds the seed grants another copy, so a
+requester that cannot reach any recipient is delayed, never stranded.
 
 Pure bookkeeping: the node asks ``grant`` for each request and says when seeding starts and
 ends; ``alive`` tells whether a peer is still connected.
@@ -65,6 +67,19 @@ class SuperSeeder:
         recent.append((now, peer))
         chunks[index] = recent
         return True
+
+    def recipients(self, digest: str, *, now: float, alive: Callable[[str], bool]) -> list[str]:
+        """The peers granted a chunk of ``digest`` within the window and still connected,
+        sorted: where a rejected requester can get those chunks instead."""
+        chunks = self._granted.get(digest, {})
+        return sorted(
+            {
+                holder
+                for grants in chunks.values()
+                for at, holder in grants
+                if now - at < self.window and alive(holder)
+            }
+        )
 
     def seeding(self, digest: str) -> bool:
         return digest in self._seeding
