@@ -17,9 +17,11 @@ from typing import Any
 
 import trio
 
+from bench.floor_node import HTTP_PORT
 from tests.netns import Network, read_json_line
 
 NODE = Path(__file__).resolve().parent / "floor_node.py"
+__all__ = ["HTTP_PORT", "NODE", "start_floor"]  # each node's clients: http://IP:HTTP_PORT
 
 
 async def start_floor(

@@ -64,6 +64,7 @@ from agent.config import parse_size  # noqa: E402
 from bench.agents import MIRROR_PORT, agent_metrics, start_agents  # noqa: E402
 from bench.bittorrent import Swarm, bittorrent_missing  # noqa: E402
 from bench.central import start_cache  # noqa: E402
+from bench.floor import HTTP_PORT as FLOOR_PORT  # noqa: E402
 from bench.floor import start_floor  # noqa: E402
 from bench.plot import write_plot  # noqa: E402
 from tests.netns import (  # noqa: E402
@@ -233,7 +234,7 @@ async def run_on(
                 net, workdir=workdir / strategy, served=served, name=NAME,
                 chunk_size=parse_size(args.chunk_size), logdir=logdir, env=env,
             )  # fmt: skip
-            targets, query = [f"http://{h.ip}:{MIRROR_PORT}" for h in nodes], ""
+            targets, query = [f"http://{h.ip}:{FLOOR_PORT}" for h in nodes], ""
         else:
             targets, query = [served["url"]] * len(nodes), ""
         before = [proc_stat(a.pid) for a in agents]
