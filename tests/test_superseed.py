@@ -61,24 +61,20 @@ def test_capping_lingers_one_window_after_the_swarm_ends() -> None:
     assert seeder.grant(D, 0, "d", now=15.1, alive=everyone)
 
 
-def test_a_late_requester_is_referred_to_recipients_then_to_other_late_requesters() -> None:
+def test_recipients_are_the_live_peers_granted_a_chunk_within_the_window() -> None:
     seeder = SuperSeeder(copies=1, window=10.0)
-    assert seeder.referrals(D, "x", now=0.0, alive=everyone) == []  # not seeded here
+    assert seeder.recipients(D, now=0.0, alive=everyone) == []  # not seeded here
     seeder.start(D)
     assert seeder.grant(D, 0, "b", now=0.0, alive=everyone)
     assert seeder.grant(D, 1, "a", now=4.0, alive=everyone)
     assert seeder.grant(D, 2, "b", now=5.0, alive=everyone)
-    seeder.stop(D, now=5.5)
-    assert seeder.referrals(D, "z", now=6.0, alive=everyone) == ["a", "b"]
-    assert seeder.referrals(D, "y", now=7.0, alive=everyone) == ["a", "b", "z"]
-    assert seeder.referrals(D, "a", now=7.5, alive=everyone) == ["b", "y", "z"]  # not itself
-    assert seeder.referrals(D, "x", now=8.0, alive=lambda peer: peer not in "bz") == ["a", "y"]
-    # at 14.5 the grants at 0.0 (b) and 4.0 (a) are past the window, b's at 5.0 is not; every
-    # late request is within it (a asked late too)
-    assert seeder.referrals(D, "w", now=14.5, alive=everyone) == ["b", "a", "x", "y", "z"]
-    assert seeder.referrals("sha256:" + "cd" * 32, "x", now=6.0, alive=everyone) == []
-    assert seeder.referrals(D, "v", now=15.5, alive=everyone) == []  # window past the end
-    assert not seeder.seeding(D)
+    assert seeder.grant(D, 3, "c", now=6.0, alive=everyone)
+    seeder.stop(D, now=6.5)
+    assert seeder.recipients(D, now=7.0, alive=everyone) == ["a", "b", "c"]
+    assert seeder.recipients(D, now=7.0, alive=lambda peer: peer != "c") == ["a", "b"]
+    assert seeder.recipients(D, now=14.5, alive=everyone) == ["b", "c"]  # a's grant expired
+    assert seeder.recipients(D, now=16.5, alive=everyone) == []  # capping over: none refused
+    assert seeder.recipients("sha256:" + "cd" * 32, now=7.0, alive=everyone) == []
 
 
 def test_zero_copies_means_no_cap_and_bad_window_is_refused() -> None:

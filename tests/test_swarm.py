@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 from pathlib import Path
@@ -12,7 +13,7 @@ import trio
 
 from p2pull.membership import Member, rank
 from p2pull.origin_fetch import OriginFetcher
-from p2pull.peer.messages import BlobInfo, Interested
+from p2pull.peer.messages import BlobInfo, Interested, Peers
 from p2pull.peer.wire import Authenticated
 from p2pull.reference import Digest
 from p2pull.swarm.blobswarm import BlobSwarm
@@ -140,3 +141,49 @@ async def test_a_node_that_asks_after_the_swarm_ended_learns_who_holds_the_chunk
             nursery.cancel_scope.cancel()
     assert late_from_peers == len(data)
     assert origin.bytes_sent == len(data)
+
+
+async def test_late_askers_of_a_finished_seed_are_told_of_the_holders_and_of_each_other(
+    tmp_path: Path,
+) -> None:
+    """Two peers ask the seed for a blob after its swarm ended: each gets the BlobInfo and a
+    Peers message naming the node it gave the chunks to, and the second also the first (so
+    that latecomers pull from each other, not all from the seed)."""
+    fakes = [Member.of("127.0.0.1", free_port()) for _ in range(2)]
+    origin = TestOrigin()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(origin.run)
+            async with (
+                swarm(tmp_path, origin, 2, chunk_size=64 * 1024, extra_peers=fakes) as nodes,
+                httpx.AsyncClient(timeout=30) as http,
+            ):
+                real = [Member.of("127.0.0.1", n.agent.config.peer_addr.port) for n in nodes]
+                rng = random.Random(12)
+                while True:  # nodes[0] must be the seed, for the real nodes and the fakes
+                    data = rng.randbytes(2 * 64 * 1024)
+                    if rank([*real, *fakes], str(Digest.of(data)))[0] == real[0]:
+                        break
+                digest = origin.add_blob(NAME, data)
+                await get_blob(http, nodes[0], origin.netloc, NAME, digest)  # fetches, seeds
+                await get_blob(http, nodes[1], origin.netloc, NAME, digest)  # granted the chunks
+                told: list[tuple[str, ...]] = []
+                async with contextlib.AsyncExitStack() as sessions:
+                    for fake in fakes:  # each stays connected: a gone asker is not named
+                        stream = await trio.open_tcp_stream("127.0.0.1", real[0].port)
+                        await sessions.enter_async_context(stream)
+                        session = RawSession(
+                            stream, node_id=fake.node_id, port=fake.port, secret=SECRET
+                        )
+                        await session.start()
+                        while not isinstance(await session.next_event(), Authenticated):
+                            pass
+                        await session.send(Interested(str(digest), NAME, origin.netloc))
+                        while not isinstance(event := await session.next_event(), BlobInfo):
+                            pass
+                        assert event.bitfield == b"\xc0"  # both chunks
+                        peers = await session.next_event()
+                        assert isinstance(peers, Peers)
+                        told.append(tuple(node_id for node_id, _, _ in peers.peers))
+            nursery.cancel_scope.cancel()
+    assert told == [(real[1].node_id,), (real[1].node_id, fakes[0].node_id)]

@@ -6,10 +6,9 @@ pulls (measured: 2.8 copies on the seed's uplink, the whole run bound by it). So
 seeds a blob and for ``window`` seconds after, it grants each chunk to at most ``copies``
 peers per ``window``; the other requesters are rejected and get the chunk from those peers, who
 announce it with a Have the moment it lands. A requester that comes after the swarm ended (a
-small blob is done in milliseconds, a big one may be asked for by nodes that start later) hears
-from no one: the seed names the ``referrals`` when it answers that requester's Interested, the
-peers it granted chunks to and the other late requesters (so those pull from each other too, not
-all from the few holders). A recipient whose link is gone no longer counts (the chunk
+small blob is done in milliseconds) hears from no one: the seed names the ``recipients`` when it
+answers that requester's Interested (with the other late requesters: ``p2pull.swarm.latecomers``).
+A recipient whose link is gone no longer counts (the chunk
 may have died with it), and after ``window`` seconds the seed grants another copy, so a
 requester that cannot reach any recipient is delayed, never stranded.
 
@@ -30,7 +29,6 @@ class SuperSeeder:
         self.window = window
         self._seeding: dict[str, float | None] = {}  # digest -> when seeding ended (None: now)
         self._granted: dict[str, dict[int, list[tuple[float, str]]]] = {}
-        self._asked: dict[str, dict[str, float]] = {}  # digest -> late requester -> when
 
     def start(self, digest: str) -> None:
         """This node fetches ``digest`` from the origin from now on."""
@@ -44,7 +42,6 @@ class SuperSeeder:
     def forget(self, digest: str) -> None:
         self._seeding.pop(digest, None)
         self._granted.pop(digest, None)
-        self._asked.pop(digest, None)
 
     def grant(
         self, digest: str, index: int, peer: str, *, now: float, alive: Callable[[str], bool]
@@ -72,29 +69,23 @@ class SuperSeeder:
         chunks[index] = recent
         return True
 
-    def referrals(
-        self, digest: str, peer: str, *, now: float, alive: Callable[[str], bool]
-    ) -> list[str]:
-        """Where ``peer``, asking for ``digest`` after this node's swarm for it ended, can get
-        the chunks this node will refuse it: the live peers granted a chunk, then the other
-        late requesters, all within the window (sorted, ``peer`` left out). Records ``peer``
-        as a late requester, to be named to the next."""
+    def recipients(self, digest: str, *, now: float, alive: Callable[[str], bool]) -> list[str]:
+        """The live peers granted a chunk of ``digest`` within the window, sorted: where a
+        requester this node refuses can get those chunks instead. Empty once capping is over
+        (the window after the swarm's end has passed: this node serves every chunk itself)."""
         if digest not in self._seeding:
             return []
         ended = self._seeding[digest]
         if ended is not None and now - ended >= self.window:
-            self.forget(digest)  # capping is over: this node serves every chunk itself now
             return []
-        granted = {
-            holder
-            for grants in self._granted.get(digest, {}).values()
-            for at, holder in grants
-            if now - at < self.window and alive(holder)
-        }
-        asked = self._asked.setdefault(digest, {})
-        late = {p for p, at in asked.items() if now - at < self.window and alive(p)}
-        asked[peer] = now
-        return sorted(granted - {peer}) + sorted(late - granted - {peer})
+        return sorted(
+            {
+                holder
+                for grants in self._granted.get(digest, {}).values()
+                for at, holder in grants
+                if now - at < self.window and alive(holder)
+            }
+        )
 
     def seeding(self, digest: str) -> bool:
         return digest in self._seeding
