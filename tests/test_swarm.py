@@ -61,6 +61,16 @@ async def test_five_agents_pull_one_blob_at_once_origin_sends_it_once(tmp_path: 
             nursery.cancel_scope.cancel()
 
 
+async def ask_as(fake: Member, stream: trio.SocketStream, digest: Digest, ns: str) -> RawSession:
+    """Authenticate on ``stream`` as peer ``fake`` and send an Interested for ``digest``."""
+    session = RawSession(stream, node_id=fake.node_id, port=fake.port, secret=SECRET)
+    await session.start()
+    while not isinstance(await session.next_event(), Authenticated):
+        pass
+    await session.send(Interested(str(digest), NAME, ns))
+    return session
+
+
 async def test_an_interested_that_reaches_a_finishing_swarm_is_still_answered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -95,13 +105,7 @@ async def test_an_interested_that_reaches_a_finishing_swarm_is_still_answered(
                     assert node.agent.node is not None and digest in node.agent.node.swarms
                     stream = await trio.open_tcp_stream("127.0.0.1", real.port)
                     async with stream:
-                        session = RawSession(
-                            stream, node_id=fake.node_id, port=fake.port, secret=SECRET
-                        )
-                        await session.start()
-                        while not isinstance(await session.next_event(), Authenticated):
-                            pass
-                        await session.send(Interested(str(digest), NAME, origin.netloc))
+                        session = await ask_as(fake, stream, digest, origin.netloc)
                         answer: object = None
                         with trio.move_on_after(5):
                             while not isinstance(answer := await session.next_event(), BlobInfo):
@@ -172,13 +176,7 @@ async def test_late_askers_of_a_finished_seed_are_told_of_the_holders_and_of_eac
                     for fake in fakes:  # each stays connected: a gone asker is not named
                         stream = await trio.open_tcp_stream("127.0.0.1", real[0].port)
                         await sessions.enter_async_context(stream)
-                        session = RawSession(
-                            stream, node_id=fake.node_id, port=fake.port, secret=SECRET
-                        )
-                        await session.start()
-                        while not isinstance(await session.next_event(), Authenticated):
-                            pass
-                        await session.send(Interested(str(digest), NAME, origin.netloc))
+                        session = await ask_as(fake, stream, digest, origin.netloc)
                         while not isinstance(event := await session.next_event(), BlobInfo):
                             pass
                         assert event.bitfield == b"\xc0"  # both chunks
