@@ -8,8 +8,8 @@ this node remembers who asked late, and who was in its swarm when the swarm ende
 ``window`` seconds, and names the recent ones to the next asker; the latecomers then pull from
 them and from each other, as they would in a running swarm.
 
-Pure bookkeeping: the node asks ``refer`` for each late Interested; ``alive`` tells whether a
-peer is still connected.
+Pure bookkeeping: the node asks ``refer`` for each late Interested and ``add``s a swarm's
+members as it ends; ``alive`` tells whether a peer is still connected.
 """
 
 from __future__ import annotations
@@ -23,37 +23,37 @@ class Latecomers:
             raise ValueError(f"window and keep must be > 0, got {window} and {keep}")
         self.window = window
         self.keep = keep  # askers remembered per blob, the most recent
-        self._asked: dict[str, dict[str, float]] = {}  # digest -> peer -> when it asked
+        self._asked: dict[str, dict[str, float]] = {}  # digest -> peer -> when it was named
 
     def refer(
         self, digest: str, peer: str, *, now: float, alive: Callable[[str], bool]
     ) -> list[str]:
-        """The other live peers that asked for ``digest`` within the window, most recent
-        first; records ``peer`` as asking now."""
+        """The other live peers named for ``digest`` within the window (late askers, members
+        of the swarm that ended), most recent first; records ``peer`` as asking now."""
         self._expire(now)
-        asked = self._asked.setdefault(digest, {})
+        named = self._asked.get(digest, {})
         others = sorted(
-            ((at, other) for other, at in asked.items() if other != peer and alive(other)),
+            ((at, other) for other, at in named.items() if other != peer and alive(other)),
             reverse=True,
         )
-        asked.pop(peer, None)
-        asked[peer] = now  # dicts keep insertion order: the oldest asker is first
-        while len(asked) > self.keep:
-            del asked[next(iter(asked))]
+        self._record(digest, [peer], now)
         return [other for _, other in others]
 
     def add(self, digest: str, peers: Iterable[str], *, now: float) -> None:
         """``peers`` hold (or are fetching) ``digest`` now: name them to latecomers as well (the
         members of this node's swarm for it, as the swarm ends)."""
         self._expire(now)
-        asked = self._asked.setdefault(digest, {})
+        self._record(digest, list(peers), now)
+
+    def _record(self, digest: str, peers: list[str], now: float) -> None:
+        if not peers:
+            return
+        named = self._asked.setdefault(digest, {})
         for peer in peers:
-            asked.pop(peer, None)
-            asked[peer] = now
-        while len(asked) > self.keep:
-            del asked[next(iter(asked))]
-        if not asked:
-            del self._asked[digest]
+            named.pop(peer, None)
+            named[peer] = now  # dicts keep insertion order: the oldest is first
+        while len(named) > self.keep:
+            del named[next(iter(named))]
 
     def forget(self, digest: str) -> None:
         self._asked.pop(digest, None)
