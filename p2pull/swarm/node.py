@@ -150,9 +150,9 @@ class SwarmNode:
         node gave chunks to while it still hands each chunk out once (super-seeding lasts a
         window past the swarm's end: it will refuse the asker those), then the others that
         asked late and the members of the swarm that ended (``p2pull.swarm.latecomers``).
-        Measured before: a node pulling a small
-        blob 0.1 s after the others waited the 15 s window; nodes starting 9 s after a 128 MiB
-        storm took 27 s, 25 s after it 16-18 s, all from this node."""
+        Measured before: a node pulling a small blob 0.1 s after the others waited the 15 s
+        window; nodes starting 9 s after a 128 MiB storm took 27 s, 25 s after it 16-18 s, all
+        from this node."""
         blob = self.store.lookup(digest)
         if blob is None or not blob.bitfield.complete:
             return False
