@@ -25,7 +25,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tarfile
 import tempfile
@@ -35,6 +34,8 @@ from pathlib import Path
 
 import pytest
 import trio
+
+from tests.ports import free_port
 
 BINARIES = ("containerd", "ctr", "docker-registry", "skopeo", "runc")
 STARTUP_TIMEOUT = 30.0
@@ -73,14 +74,6 @@ def require_realparts() -> None:
     if os.environ.get("P2PULL_REALPARTS") == "require":
         pytest.fail(f"real parts required but unavailable: {reason}")
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager

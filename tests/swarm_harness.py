@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,14 +16,9 @@ from agent.service import Agent, AgentPorts
 from p2pull.membership import Member
 from p2pull.reference import Digest
 from p2pull.testing.origin import TestOrigin
+from tests.ports import free_port
 
 SECRET = b"test-cluster-secret-0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -14,7 +14,6 @@ import hashlib
 import random
 import re
 import signal
-import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from p2pull.membership import Member, rank
 from p2pull.reference import Digest
 from p2pull.testing.origin import TestOrigin
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "team/failover"
@@ -37,12 +37,6 @@ RATE = 16 << 20  # origin bytes/s per response: ~3.5 s for the whole blob
 KILL_AT = 0.4  # kill the seed once the origin has sent this share of the blob
 SECRET = b"failover-cluster-secret-0123456789abcdef"
 RANGE_RE = re.compile(r"bytes=(\d+)-(\d*)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
