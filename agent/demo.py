@@ -25,7 +25,7 @@ import httpx
 import trio
 
 from agent.config import AgentConfig, HostPort, parse_size
-from agent.service import Agent, free_port
+from agent.service import Agent, free_ports
 from p2pull.imageref import ImageRef
 from p2pull.imagewalk import fetch_blob, resolve
 from p2pull.testing.origin import TestOrigin, tar_layer
@@ -79,7 +79,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             await nursery.start(origin.run)
             _, _ = origin.add_image(NAME, TAG, layers)
             nodes = []
-            peer_ports = [free_port("127.0.0.1") for _ in range(nodes_count)]
+            peer_ports = free_ports("127.0.0.1", nodes_count)
             peers = tuple(HostPort("127.0.0.1", port) for port in peer_ports)
             secret = secrets.token_bytes(32)
             for index in range(nodes_count):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import random
 import socket
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,9 +69,42 @@ def advertised_host(config: AgentConfig) -> str:
     return socket.gethostbyname(socket.gethostname())
 
 
-def free_port(host: str) -> int:
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_FREE_PORT = 10_000  # below: well-known and registered services are more likely
+
+
+def free_ports(host: str, count: int, *, avoid: Collection[int] = ()) -> list[int]:
+    """``count`` distinct TCP ports that ``host`` can bind now, none in ``avoid``, for listeners
+    that bind later (a peer address with port 0, the demo's nodes). They come from below the
+    kernel's ephemeral range: connect() takes local ports from that range, so a connection made
+    before the listener binds could otherwise take the port ("Address already in use")."""
+    bind_host = host if host not in ("", "::") else "0.0.0.0"
+    try:
+        low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    chosen: list[int] = []
+    for _ in range(100 * count + 1000):
+        if len(chosen) == count:
+            return chosen
+        if low > LOWEST_FREE_PORT:
+            port = random.randrange(LOWEST_FREE_PORT, low)
+        else:  # an unusual ephemeral range: let the kernel choose
+            port = _bind(bind_host, 0)
+        if port not in chosen and port not in avoid and _bind(bind_host, port):
+            chosen.append(port)
+    if len(chosen) == count:
+        return chosen
+    raise OSError(f"no {count} free TCP ports on {bind_host}")
+
+
+def _bind(host: str, port: int) -> int:
+    """Bind ``host:port`` and let go; the port bound, or 0 if it is taken."""
     with socket.socket() as sock:
-        sock.bind((host if host not in ("", "::") else "0.0.0.0", 0))
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return 0
         return int(sock.getsockname()[1])
 
 
@@ -167,7 +202,7 @@ class Agent:
     ) -> int:
         config = self.config
         host = advertised_host(config)
-        port = config.peer_addr.port or free_port(config.peer_addr.host)
+        port = config.peer_addr.port or free_ports(config.peer_addr.host, 1)[0]
         member = Member.of(host, port)
         membership = Membership(self_member=member)
         self.membership = membership

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +161,22 @@ def test_agent_start_errors_are_one_clear_line(
     not_a_dir.write_text("x")
     assert main([*base, "--data-dir", str(not_a_dir / "sub")]) == 2
     assert "cannot use data dir" in capsys.readouterr().err
+
+
+def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent import service
+
+    block = range(service.LOWEST_FREE_PORT, service.LOWEST_FREE_PORT + 20)
+    ephemeral = tmp_path / "ip_local_port_range"
+    ephemeral.write_text(f"{block.stop}\t60999\n")  # leaves exactly ``block`` to choose from
+    monkeypatch.setattr(service, "EPHEMERAL_RANGE", ephemeral)
+    free_now = {port for port in block if service._bind("127.0.0.1", port)}
+    taken, avoided = sorted(free_now)[:2]
+    with socket.create_server(("127.0.0.1", taken)):
+        expected = free_now - {taken, avoided}
+        chosen = service.free_ports("127.0.0.1", len(expected), avoid={avoided})
+        assert len(chosen) == len(set(chosen)) and set(chosen) == expected
+        with pytest.raises(OSError, match="free TCP ports"):
+            service.free_ports("127.0.0.1", len(expected) + 1, avoid={avoided})
