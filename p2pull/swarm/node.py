@@ -158,17 +158,17 @@ class SwarmNode:
             return False
         link.send(blob_info(str(digest), blob))
         now, asker = self.clock(), link.peer_id
-
-        def alive(peer: str) -> bool:
-            return self.pool.link(peer) is not None
-
-        holders = self.superseed.recipients(str(digest), now=now, alive=alive)
+        holders = self.superseed.recipients(str(digest), now=now, alive=self._linked)
         referrals = [peer for peer in holders if peer != asker]
-        late = self.latecomers.refer(str(digest), asker, now=now, alive=alive)
+        late = self.latecomers.refer(str(digest), asker, now=now, alive=self._linked)
         referrals += [peer for peer in late if peer not in referrals]
         if referrals:
             link.send(peers_message(str(digest), referrals[: self.config.peers_handout]))
         return True
+
+    def _linked(self, peer: str) -> bool:
+        """A live link to ``peer`` is up."""
+        return self.pool.link(peer) is not None
 
     def _swarm(self, transfer: Transfer) -> BlobSwarm:
         swarm = self.swarms.get(transfer.digest)
@@ -280,9 +280,7 @@ class SwarmNode:
         """May ``peer`` have chunk ``index`` of ``digest`` from us (super-seeding,
         ``p2pull.swarm.superseed``: a chunk this node fetched from the origin goes to one peer,
         the others get it from that peer)? Records the grant."""
-        return self.superseed.grant(
-            digest, index, peer, now=self.clock(), alive=lambda p: self.pool.link(p) is not None
-        )
+        return self.superseed.grant(digest, index, peer, now=self.clock(), alive=self._linked)
 
     async def _upload(self, link: PeerLink, request: Request) -> None:
         key = (link.peer_id, request.digest, request.index)

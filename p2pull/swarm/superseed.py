@@ -49,8 +49,7 @@ class SuperSeeder:
         """May ``peer`` have chunk ``index`` of ``digest`` from us now? Records the grant."""
         if self.copies <= 0 or digest not in self._seeding:
             return True
-        ended = self._seeding[digest]
-        if ended is not None and now - ended >= self.window:
+        if self._lapsed(digest, now):
             self.forget(digest)
             return True
         chunks = self._granted.setdefault(digest, {})
@@ -73,10 +72,7 @@ class SuperSeeder:
         """The live peers granted a chunk of ``digest`` within the window, sorted: where a
         requester this node refuses can get those chunks instead. Empty once capping is over
         (the window after the swarm's end has passed: this node serves every chunk itself)."""
-        if digest not in self._seeding:
-            return []
-        ended = self._seeding[digest]
-        if ended is not None and now - ended >= self.window:
+        if digest not in self._seeding or self._lapsed(digest, now):
             return []
         return sorted(
             {
@@ -86,6 +82,11 @@ class SuperSeeder:
                 if now - at < self.window and alive(holder)
             }
         )
+
+    def _lapsed(self, digest: str, now: float) -> bool:
+        """The window after this node's swarm for ``digest`` ended has passed (it is seeded)."""
+        ended = self._seeding[digest]
+        return ended is not None and now - ended >= self.window
 
     def seeding(self, digest: str) -> bool:
         return digest in self._seeding
