@@ -169,16 +169,16 @@ class Admin:
                 )
         swarms = []
         if node is not None:
-            for digest, swarm in node.swarms.items():
-                blob = swarm.transfer.blob
+            for snapshot in node.snapshots():
                 swarms.append(
                     {
-                        "digest": str(digest),
-                        "role": swarm.role.value,
-                        "seed": swarm.seed_id,
-                        "chunks": blob.bitfield.length if blob else None,
-                        "have": blob.bitfield.count if blob else 0,
-                        "peers": len(swarm.peer_bits),
+                        "digest": snapshot.digest,
+                        "role": "seed" if snapshot.seeding else "leech",
+                        "phase": snapshot.phase.value,
+                        "seed": snapshot.seed,
+                        "chunks": snapshot.chunks or None,
+                        "have": snapshot.held,
+                        "peers": snapshot.peers,
                     }
                 )
         digests = self._store.digests()
