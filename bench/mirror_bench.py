@@ -1,4 +1,4 @@
-"""Single-node mirror benchmark (issue #2): run as root on an idle-ish machine.
+"""Single-node mirror benchmark: run as root on an idle-ish machine.
 
     python3 bench/mirror_bench.py [--cached-size 512MiB] [--rss-size 2GiB] [--rounds 5]
 

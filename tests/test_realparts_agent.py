@@ -1,4 +1,4 @@
-"""The agent between real clients and a real origin (issue #2's acceptance tests).
+"""The agent between real clients and a real origin: the single-node mirror's acceptance tests.
 
 Real docker-registry, skopeo, containerd and ctr (see tests/realparts.py); the agent runs in this
 process (``Agent.run`` in a nursery) except in the test that runs ``p2pull agent`` as a process.

@@ -136,8 +136,8 @@ class SwarmNode:
     def _answer_late_interest(self, swarm: BlobSwarm, digest: Digest) -> None:
         """Peers whose Interested reached the swarm's inbox after its last look (a small blob
         completes in milliseconds) would wait for a BlobInfo that never comes: answer them
-        here, now that this node holds the blob (measured before: 15 s of info timeout, then
-        an origin fetch, for the config blob of half the demo runs)."""
+        here, now that this node holds the blob (unanswered, such a peer waits out its 15 s
+        info timeout and then fetches from the origin itself)."""
         for peer in swarm.unhandled_interest():
             link = self.pool.link(peer)
             if link is not None:
@@ -150,9 +150,8 @@ class SwarmNode:
         node gave chunks to while it still hands each chunk out once (super-seeding lasts a
         window past the swarm's end: it will refuse the asker those), then the others that
         asked late and the members of the swarm that ended (``p2pull.swarm.latecomers``).
-        Measured before: a node pulling a small blob 0.1 s after the others waited the 15 s
-        window; nodes starting 9 s after a 128 MiB storm took 27 s, 25 s after it 16-18 s, all
-        from this node."""
+        Told of no one else, a late asker would wait out the 15 s window, and late joiners of
+        a big blob would all pull it from this node alone (docs/benchmarks.md, late joiners)."""
         blob = self.store.lookup(digest)
         if blob is None or not blob.bitfield.complete:
             return False
