@@ -136,6 +136,7 @@ class AgentProcess:
                 "-m",
                 "agent",
                 "agent",
+                "--standalone",
                 "--mirror-addr",
                 f"127.0.0.1:{self.port}",
                 "--metrics-addr",

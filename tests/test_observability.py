@@ -22,6 +22,7 @@ import trio
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from p2pull import __version__
 from p2pull.metrics import SOURCES
 from p2pull.testing.origin import TestOrigin
 from tests.swarm_harness import Node, get_blob, swarm
@@ -549,3 +550,42 @@ async def test_every_metric_the_dashboard_and_rules_use_is_exported(tmp_path: Pa
                 assert label in TARGET_LABELS or label in labels_here, (
                     f"grouping by {label!r}, which none of {sorted(names)} has:\n{expr}"
                 )
+
+
+async def test_the_scrape_has_build_and_process_metrics_and_no_created_series(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(60):
+        async with httpx.AsyncClient(timeout=30) as http:
+            exported = await pull_through_two_agents(tmp_path, http)
+    names = exported.sample_names
+    assert "p2pull_build_info" in names
+    assert exported.label_values[("p2pull_build_info", "version")] == {__version__}
+    # what the runbook's "RSS growing" and "CPU" read
+    assert {"process_resident_memory_bytes", "process_cpu_seconds_total"} <= names
+    assert not [name for name in names if name.endswith("_created")]
+    # no label names a blob: every digest would leave a series behind
+    assert not [key for key in exported.label_values if key[1] in ("blob", "digest")]
+
+
+async def test_the_metrics_port_answers_three_paths_and_nothing_else(tmp_path: Path) -> None:
+    origin = TestOrigin()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(origin.run)
+            async with (
+                swarm(tmp_path, origin, 1) as (node,),
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.ports.metrics}") as http,
+            ):
+                for path in ("/metrics", "/healthz", "/readyz"):
+                    assert (await http.get(path)).status_code == 200, path
+                    assert (await http.head(path)).status_code == 200, path
+                    refused = await http.post(path, content=b"x")
+                    assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD"
+                # neither the admin API nor the mirror's routes, not even from loopback
+                for path in ("/_p2pull/v1/status", "/v2/", "/metrics/", "/healthz/x", "/"):
+                    assert (await http.get(path)).status_code == 404, path
+                assert (
+                    await http.delete(f"/_p2pull/v1/blobs/sha256:{'a' * 64}")
+                ).status_code == 404
+            nursery.cancel_scope.cancel()

@@ -188,7 +188,7 @@ class BlobSwarm:
     async def _origin_task(self) -> None:
         assert self._origin is not None
         try:
-            with self.node.metrics.origin_fetch(self.transfer.digest.hex):
+            with self.node.metrics.origin_fetchers.track_inprogress():
                 await self._origin.fetch(self.transfer, wanted=self._origin_wanted)
         except P2pullError as exc:
             self._origin_error = exc
