@@ -14,8 +14,9 @@ from agent.config import TABLE_END, TABLE_START, markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
 OPERATIONS = ROOT / "docs" / "operations.md"
-# "session 4", "issue #3", "this session": where the code came from, not what it is. Spelled in
-# pieces so that this file does not match itself.
+# A session or issue number, or the current session named as such: where the code came from,
+# not what it is.
+# Spelled in pieces so that this file does not match itself.
 HISTORY = re.compile(
     r"\b(?:" + "sess" + r"ion \d|this " + "sess" + r"ion|" + "iss" + r"ue #\d)", re.IGNORECASE
 )
