@@ -50,12 +50,14 @@ class Admin:
         metrics: Metrics,
         node: Callable[[], SwarmNode | None] = lambda: None,
         membership: Callable[[], Membership | None] = lambda: None,
+        containerd: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self._store = store
         self._blobs = blobs
         self._metrics = metrics
         self._node = node
         self._membership = membership
+        self._containerd = containerd
 
     async def handle(self, request: Request) -> Response:
         if not _is_loopback(request.peer):
@@ -197,6 +199,8 @@ class Admin:
                 "quota": getattr(self._store, "quota_bytes", 0),
             },
             "served_bytes": served,
+            # what containerd's config says about using this agent, and when it last did
+            "containerd": self._containerd(),
             # bytes served that did not come from the origin, and the part that came from peers
             "hit_ratio": 1 - served["origin"] / total if total else None,
             "peer_ratio": served["peer"] / total if total else None,

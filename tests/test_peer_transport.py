@@ -128,11 +128,13 @@ async def test_connecting_where_nothing_listens_is_an_os_error(kind: str) -> Non
 
 async def test_each_connection_is_served_on_its_own(kind: str) -> None:
     started = 0
-    release = trio.Event()
+    all_started, release = trio.Event(), trio.Event()
 
     async def hold(stream: trio.abc.Stream) -> None:
         nonlocal started
         started += 1
+        if started == 3:
+            all_started.set()
         await release.wait()
         await stream.send_all(b"bye")
 
@@ -140,8 +142,7 @@ async def test_each_connection_is_served_on_its_own(kind: str) -> None:
         async with TRANSPORTS[kind]() as pair:
             port = await pair.serve(hold)
             streams = [await pair.client.connect(pair.host, port) for _ in range(3)]
-            while started < 3:
-                await trio.sleep(0.01)
+            await all_started.wait()
             release.set()
             for stream in streams:
                 assert await stream.receive_some(10) == b"bye"
@@ -156,11 +157,13 @@ async def test_a_transfer_takes_size_over_the_slower_end_plus_latency(
 ) -> None:
     net = PeerNet(latency=0.05)
     arrived: list[float] = []
+    done = trio.Event()
 
     async def receive(stream: trio.abc.Stream) -> None:
         data = await _read_all(stream)
         arrived.append(trio.current_time())
         assert len(data) == 4 << 20
+        done.set()
 
     async with trio.open_nursery() as nursery:
         await nursery.start(net.run)
@@ -172,8 +175,7 @@ async def test_a_transfer_takes_size_over_the_slower_end_plus_latency(
         for _ in range(4):
             await stream.send_all(b"x" * (1 << 20))
         await stream.aclose()
-        while not arrived:
-            await trio.sleep(0.01)
+        await done.wait()
         nursery.cancel_scope.cancel()
     assert arrived[0] - start == pytest.approx(2.0 + 0.05, abs=0.02)
     assert server.nic.received == client.nic.sent == 4 << 20
@@ -184,10 +186,13 @@ async def test_two_senders_share_the_receivers_downlink(
 ) -> None:
     net = PeerNet()
     finished: list[float] = []
+    both = trio.Event()
 
     async def receive(stream: trio.abc.Stream) -> None:
         await _read_all(stream)
         finished.append(trio.current_time())
+        if len(finished) == 2:
+            both.set()
 
     async def send(client: PeerTransport, port: int) -> None:
         stream = await client.connect("198.18.0.1", port)
@@ -201,7 +206,6 @@ async def test_two_senders_share_the_receivers_downlink(
         async with trio.open_nursery() as senders:
             senders.start_soon(send, net.host("198.18.0.2"), port)
             senders.start_soon(send, net.host("198.18.0.3"), port)
-        while len(finished) < 2:
-            await trio.sleep(0.01)
+        await both.wait()
         nursery.cancel_scope.cancel()
     assert max(finished) == pytest.approx(4.0, abs=0.02)  # 4 MiB through one 1 MiB/s downlink

@@ -119,8 +119,9 @@ async def test_a_node_that_asks_after_the_swarm_ended_learns_who_holds_the_chunk
 ) -> None:
     """A small blob's swarm is over in milliseconds. A node that asks for it a moment later
     knows only the seed, and the seed, still handing each chunk out once (super-seeding, a
-    15 s window), refuses it the chunks it gave the other node. It used to wait out that
-    window; now the seed's BlobInfo comes with the names of those who got the chunks."""
+    15 s window), refuses it the chunks it gave the other node. The seed's BlobInfo comes with
+    the names of those who got the chunks, so the node asks them instead of waiting out the
+    window."""
     origin = TestOrigin()
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:

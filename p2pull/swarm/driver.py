@@ -232,7 +232,7 @@ class SessionDriver:
     async def _run_origin(self) -> None:
         transfer = self.transfer
         try:
-            with self.context.metrics.origin_fetch(transfer.digest.hex):
+            with self.context.metrics.origin_fetchers.track_inprogress():
                 await self.origin.fetch(transfer, wanted=self.session.origin_wants)
         except P2pullError as exc:
             self._failure = exc
