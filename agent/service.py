@@ -29,6 +29,7 @@ from p2pull.membership import Member, Membership
 from p2pull.metrics import Metrics
 from p2pull.mirror import Mirror
 from p2pull.ratelimit import RateLimiter
+from p2pull.sizes import SizeHints
 from p2pull.store.disk import DiskStore
 from p2pull.swarm.node import SwarmConfig, SwarmNode
 from p2pull.upstream.client import RegistrySet
@@ -203,13 +204,15 @@ class Agent:
                 only_listed=config.only_listed_upstreams,
                 credentials=credentials,
             )
+            sizes = SizeHints()  # blob sizes from the manifests served, for early headers
             blobs = BlobService(
                 store=store,
                 upstreams=upstreams,
                 metrics=self.metrics,
                 download_limit=self.download_limit,
+                sizes=sizes,
             )
-            manifests = ManifestService(store=store, upstreams=upstreams)
+            manifests = ManifestService(store=store, upstreams=upstreams, sizes=sizes)
             admin = Admin(
                 store=store,
                 blobs=blobs,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 from collections.abc import Callable
 from typing import Protocol
@@ -30,13 +31,16 @@ from p2pull.origin_fetch import DEFAULT_RESUME, OriginFetcher, ResumePolicy
 from p2pull.passthrough import PassThroughReader
 from p2pull.ratelimit import UNLIMITED, RateLimiter
 from p2pull.reference import Digest
+from p2pull.sizes import SizeHints
 from p2pull.store.types import BlobStore, StoredBlob
-from p2pull.transfer import BlobReader, Transfer
+from p2pull.transfer import BlobReader, PendingReader, Transfer
 from p2pull.upstream.types import Upstreams
 
 __all__ = ["BlobReader", "BlobService", "ResumePolicy", "SwarmStrategy", "Transfer"]
 
 log = logging.getLogger(__name__)
+
+EARLY_HEADERS = 5.0  # seconds a request waits for the size before a manifest's size answers
 
 
 class SwarmStrategy(Protocol):
@@ -57,8 +61,12 @@ class BlobService:
         resume: ResumePolicy = DEFAULT_RESUME,
         jitter: Callable[[], float] = random.random,
         download_limit: RateLimiter = UNLIMITED,
+        sizes: SizeHints | None = None,
+        early_headers: float = EARLY_HEADERS,
     ) -> None:
         self._store = store
+        self._sizes = sizes if sizes is not None else SizeHints()
+        self._early_headers = early_headers
         self._upstreams = upstreams
         self._metrics = metrics
         self.origin = OriginFetcher(
@@ -91,28 +99,46 @@ class BlobService:
         transfer = self._transfers.get(digest)
         if transfer is not None and transfer.blob is not None:
             return transfer.blob.size
+        hint = self._sizes.get(digest)
+        if hint is not None:
+            return hint
         return await self._upstreams.for_namespace(ns).head_blob(name, digest)
 
     async def open(
         self, ns: str | None, name: str, digest: Digest
-    ) -> BlobReader | PassThroughReader:
-        """A reader for ``digest``; waits only until the size is known (response headers).
-        When the store is full (quota or low disk) the blob is passed through uncached."""
+    ) -> BlobReader | PassThroughReader | PendingReader:
+        """A reader for ``digest``; waits only until the size is known (response headers), or
+        ``early_headers`` seconds when a manifest named the size (``p2pull.sizes``): a slow or
+        failing origin then does not keep the client from its headers. When the store is full
+        (quota or low disk) the blob is passed through uncached."""
         blob = self._store.lookup(digest)
         if blob is not None and blob.complete:
             return BlobReader(blob=blob, transfer=None, store=self._store)
         transfer = self._transfers.get(digest)
         if transfer is None:
             transfer = self._start(ns, name, digest, blob)
+        hint = self._sizes.get(digest)
         try:
-            blob = await transfer.wait_blob()
+            with trio.move_on_after(math.inf if hint is None else self._early_headers):
+                blob = await transfer.wait_blob()
         except StoreFull as exc:
             log.warning("not caching %s: %s; passing it through", digest, exc)
-            self._metrics.passthrough_blobs.inc()
-            upstream = self._upstreams.for_namespace(ns)
-            size = await upstream.head_blob(name, digest)
-            return PassThroughReader(upstream=upstream, name=name, digest=digest, size=size)
-        return BlobReader(blob=blob, transfer=transfer, store=self._store)
+            return await self._pass_through(ns, name, digest)
+        if transfer.blob is None:
+            assert hint is not None
+            return PendingReader(
+                transfer=transfer,
+                size=hint,
+                store=self._store,
+                pass_through=lambda: self._pass_through(ns, name, digest),
+            )
+        return BlobReader(blob=transfer.blob, transfer=transfer, store=self._store)
+
+    async def _pass_through(self, ns: str | None, name: str, digest: Digest) -> PassThroughReader:
+        self._metrics.passthrough_blobs.inc()
+        upstream = self._upstreams.for_namespace(ns)
+        size = await upstream.head_blob(name, digest)
+        return PassThroughReader(upstream=upstream, name=name, digest=digest, size=size)
 
     def ensure(self, ns: str | None, name: str, digest: Digest) -> Transfer | None:
         """Start (or join) the transfer of ``digest`` unless it is complete locally."""

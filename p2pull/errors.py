@@ -50,6 +50,15 @@ class UpstreamError(P2pullError):
     http_status = 502
 
 
+class UpstreamUnavailable(UpstreamError):
+    """A transient failure (connection, timeout, 5xx, 429, a broken or stalled body): worth a
+    retry, after ``retry_after`` seconds if the upstream said so."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class UpstreamAuthError(UpstreamError):
     """The upstream refused our credentials or the token flow failed."""
 

@@ -14,6 +14,7 @@ import trio
 
 from p2pull.errors import DigestMismatch, UpstreamError
 from p2pull.reference import Digest, ManifestRef
+from p2pull.sizes import SizeHints
 from p2pull.store.types import BlobStore
 from p2pull.upstream.types import (
     MANIFEST_MEDIA_TYPES,
@@ -26,8 +27,11 @@ log = logging.getLogger(__name__)
 
 
 class ManifestService:
-    def __init__(self, *, store: BlobStore, upstreams: Upstreams) -> None:
+    def __init__(
+        self, *, store: BlobStore, upstreams: Upstreams, sizes: SizeHints | None = None
+    ) -> None:
         self._store = store
+        self._sizes = sizes if sizes is not None else SizeHints()
         self._upstreams = upstreams
         self._tags: dict[tuple[str | None, str, str], ManifestDescriptor] = {}
         self._inflight: dict[Digest, trio.Event] = {}
@@ -55,6 +59,13 @@ class ManifestService:
         return descriptor
 
     async def get(
+        self, ns: str | None, name: str, ref: ManifestRef, *, accept: Sequence[str] = ()
+    ) -> Manifest:
+        manifest = await self._get(ns, name, ref, accept=accept)
+        self._sizes.learn(manifest.body)  # a client will ask for these blobs next
+        return manifest
+
+    async def _get(
         self, ns: str | None, name: str, ref: ManifestRef, *, accept: Sequence[str] = ()
     ) -> Manifest:
         if ref.digest is not None:

@@ -23,6 +23,7 @@ from p2pull.manifests import ManifestService
 from p2pull.metrics import Metrics
 from p2pull.passthrough import PassThroughReader
 from p2pull.reference import Digest, ManifestRef, parse_range, validate_name
+from p2pull.transfer import PendingReader
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class _BlobBody:
     """A StreamBody that streams a range of a blob and counts the bytes by source."""
 
     length: int
-    reader: BlobReader | PassThroughReader
+    reader: BlobReader | PassThroughReader | PendingReader
     offset: int
     metrics: Metrics
     received: float  # when the request arrived: time to first byte is measured from it

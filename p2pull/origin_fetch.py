@@ -1,9 +1,18 @@
-"""Fetching a blob's chunks from the origin registry (the seed's job in a swarm)."""
+"""Fetching a blob's chunks from the origin registry (the seed's job in a swarm).
+
+The origin may be down for a while (a registry restart, a CDN hiccup): transient failures
+(connection errors, timeouts, 5xx, 429, a body that breaks or trickles below ``min_rate``) are
+retried with capped, jittered backoff, honouring ``Retry-After``, each resume a Range request
+from the first missing byte, until ``patience`` seconds pass without a chunk landing. Only then
+does the fetch fail. Not retried: 404s, authentication failures (the client already renewed its
+token once), a size that disagrees with the blob's.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -11,7 +20,14 @@ from dataclasses import dataclass
 import trio
 
 from p2pull.chunking import ChunkAssembler
-from p2pull.errors import P2pullError, UpstreamAuthError, UpstreamError
+from p2pull.errors import (
+    BlobUnavailable,
+    P2pullError,
+    TruncatedBody,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamUnavailable,
+)
 from p2pull.metrics import Metrics
 from p2pull.ratelimit import UNLIMITED, RateLimiter
 from p2pull.store.types import BlobStore, StoredBlob
@@ -25,14 +41,24 @@ Wanted = Callable[[int], bool]
 
 @dataclass(frozen=True, slots=True)
 class ResumePolicy:
-    """How often a broken upstream stream is resumed (Range) before the transfer fails."""
+    """How long the origin may fail before the fetch gives up, and how retries are spaced.
 
-    attempts: int = 5
-    backoff_base: float = 0.2
-    backoff_max: float = 5.0
+    ``patience``: seconds without a chunk landing (2 min rides out a registry restart and stays
+    under containerd's 5 min progress timeout). The n-th retry in a row waits
+    ``min(backoff_max, backoff_base * 2**n)``, jittered by 0.5-1.5x, or what ``Retry-After``
+    asks, within the patience left. A stream that brings fewer than ``min_rate`` bytes/s over
+    ``rate_window`` seconds is dropped and resumed (another connection, maybe another CDN
+    node); 0 turns that off."""
+
+    patience: float = 120.0
+    backoff_base: float = 0.5
+    backoff_max: float = 10.0
+    min_rate: float = 32 * 1024
+    rate_window: float = 20.0
 
 
 DEFAULT_RESUME = ResumePolicy()
+OnRetry = Callable[[str, float], None]  # (reason, seconds until the retry)
 
 
 def _next_needed(blob: StoredBlob, start: int, wanted: Wanted | None) -> int | None:
@@ -41,6 +67,31 @@ def _next_needed(blob: StoredBlob, start: int, wanted: Wanted | None) -> int | N
         if not blob.bitfield.has(index) and (wanted is None or wanted(index)):
             return index
     return None
+
+
+class _RateFloor:
+    """Is a stream still worth keeping? Counts only the time spent waiting for its bytes (not
+    the node's own download limit or a busy disk), in windows of ``rate_window`` seconds."""
+
+    def __init__(self, policy: ResumePolicy) -> None:
+        self.min_rate = policy.min_rate
+        self.window = policy.rate_window
+        self.stall = policy.rate_window if policy.min_rate > 0 else math.inf
+        self._waited = 0.0
+        self._bytes = 0
+
+    def add(self, count: int, waited: float) -> bool:
+        """``count`` bytes came after ``waited`` seconds; False when the window just closed
+        below the floor."""
+        if self.min_rate <= 0:
+            return True
+        self._waited += waited
+        self._bytes += count
+        if self._waited < self.window:
+            return True
+        fast_enough = self._bytes >= self.min_rate * self._waited
+        self._waited, self._bytes = 0.0, 0
+        return fast_enough
 
 
 class OriginFetcher:
@@ -54,7 +105,9 @@ class OriginFetcher:
         jitter: Callable[[], float] = random.random,
         pipeline_depth: int = 2,
         download_limit: RateLimiter = UNLIMITED,
+        clock: Callable[[], float] = trio.current_time,
     ) -> None:
+        self._clock = clock
         self._store = store
         self._upstreams = upstreams
         self._metrics = metrics
@@ -63,14 +116,19 @@ class OriginFetcher:
         self._pipeline_depth = pipeline_depth  # chunks cut but not yet stored
         self._download_limit = download_limit
 
-    async def fetch(self, transfer: Transfer, *, wanted: Wanted | None = None) -> None:
+    async def fetch(
+        self, transfer: Transfer, *, wanted: Wanted | None = None, on_retry: OnRetry | None = None
+    ) -> None:
         """Fill the transfer's missing chunks from the origin; with ``wanted``, only those it
         says yes to (asked again at every chunk boundary, so chunks that arrive meanwhile from
-        elsewhere end the stream and the next request starts at the next wanted gap)."""
+        elsewhere end the stream and the next request starts at the next wanted gap).
+        ``on_retry(reason, delay)`` is told of each retry before its wait."""
         upstream = self._upstreams.for_namespace(transfer.ns)
         name = transfer.name
+        policy = self._resume
         assembler: ChunkAssembler | None = None
-        failures = 0
+        retries = 0
+        progress_at = self._clock()
         while True:
             blob = transfer.blob
             if blob is not None:
@@ -82,6 +140,7 @@ class OriginFetcher:
                         size=blob.size, chunk_size=blob.chunk_size, start=first * blob.chunk_size
                     )
             start = assembler.position if assembler is not None else 0
+            held = blob.bitfield.count if blob is not None else 0
             opened = False
             try:
                 async with upstream.open_blob(name, transfer.digest, start=start) as body:
@@ -96,27 +155,45 @@ class OriginFetcher:
                             size=blob.size, chunk_size=blob.chunk_size, start=0
                         )
                     elif body.size != blob.size:
-                        raise UpstreamError(
+                        raise BlobUnavailable(
                             f"{transfer.digest}: upstream size {body.size}, expected {blob.size}"
                         )
                     assert assembler is not None
                     async with contextlib.aclosing(body.chunks()) as pieces:
-                        if await self._copy(transfer, blob, pieces, assembler, wanted):
-                            failures = 0
+                        await self._copy(transfer, blob, pieces, assembler, wanted)
+                retries = 0
             except UpstreamAuthError:
                 raise
             except UpstreamError as exc:
-                if not opened:
-                    # The upstream client already retried opening it (connection errors, 5xx):
-                    # retrying again here would multiply the delays past containerd's patience.
-                    raise
-                failures += 1
-                if failures > self._resume.attempts:
-                    raise
-                delay = min(self._resume.backoff_max, self._resume.backoff_base * 2**failures)
-                log.info("resuming %s after %s (attempt %d)", transfer.digest, exc, failures)
+                if not (opened or isinstance(exc, UpstreamUnavailable | TruncatedBody)):
+                    raise  # the origin's answer, not a failure to get one: 400, bad headers
+                now = self._clock()
+                if blob is not None and blob.bitfield.count > held:
+                    retries, progress_at = 0, now  # chunks landed before it broke
+                delay = min(policy.backoff_max, policy.backoff_base * 2**retries)
+                delay *= 0.5 + self._jitter()
+                retry_after = getattr(exc, "retry_after", None)
+                if retry_after is not None:
+                    delay = max(delay, float(retry_after))
+                waited = now - progress_at
+                if waited >= policy.patience:
+                    raise UpstreamUnavailable(
+                        f"{transfer.digest}: the origin failed for {waited:.0f} s: {exc}"
+                    ) from exc
+                delay = min(delay, policy.patience - waited)  # a last try as patience ends
+                retries += 1
+                log.info(
+                    "retrying %s in %.1f s after %s (attempt %d, %.0f s without progress)",
+                    transfer.digest,
+                    delay,
+                    exc,
+                    retries,
+                    waited,
+                )
                 self._metrics.upstream_retries.inc()
-                await trio.sleep(delay * (0.5 + self._jitter()))
+                if on_retry is not None:
+                    on_retry(str(exc), delay)
+                await trio.sleep(delay)
 
     async def _copy(
         self,
@@ -125,8 +202,8 @@ class OriginFetcher:
         pieces: AsyncIterator[bytes],
         assembler: ChunkAssembler,
         wanted: Wanted | None,
-    ) -> bool:
-        """Cut the upstream stream into chunks and store them; True if any chunk landed.
+    ) -> None:
+        """Cut the upstream stream into chunks and store them.
 
         Reading the socket and storing chunks (hash + write, in a worker thread) run as two tasks
         joined by a small channel, so the next chunk downloads while the last one is hashed. If
@@ -134,13 +211,12 @@ class OriginFetcher:
         so the assembler's position is exactly where a resume must start.
         """
         send, receive = trio.open_memory_channel[tuple[int, bytes]](self._pipeline_depth)
-        landed = 0
         stopped = False
         store_error: P2pullError | None = None
         stream_error: UpstreamError | None = None
 
         async def store_chunks() -> None:
-            nonlocal landed, store_error
+            nonlocal store_error
             async with receive:
                 async for index, chunk in receive:
                     try:
@@ -151,14 +227,28 @@ class OriginFetcher:
                         reader.cancel()
                         return
                     self._metrics.fetched_bytes.labels("origin").inc(len(chunk))
-                    landed += 1
                     transfer.chunk_landed(index)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(store_chunks)
             with trio.CancelScope() as reader, send:
                 try:
-                    async for piece in pieces:
+                    floor = _RateFloor(self._resume)
+                    while True:
+                        began = self._clock()
+                        with trio.move_on_after(floor.stall) as waiting:
+                            piece = await anext(pieces, None)
+                        if waiting.cancelled_caught:
+                            raise UpstreamUnavailable(
+                                f"{transfer.digest}: no bytes from the origin for {floor.stall} s"
+                            )
+                        if piece is None:
+                            break
+                        if not floor.add(len(piece), self._clock() - began):
+                            raise UpstreamUnavailable(
+                                f"{transfer.digest}: the origin sends below "
+                                f"{self._resume.min_rate:.0f} bytes/s"
+                            )
                         await self._download_limit.acquire(len(piece))
                         try:
                             chunks = assembler.feed(piece)
@@ -184,4 +274,3 @@ class OriginFetcher:
             raise UpstreamError(
                 f"{transfer.digest}: upstream body ended at {assembler.position} of {blob.size}"
             )
-        return landed > 0

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import trio
 
-from p2pull.errors import P2pullError
+from p2pull.errors import BlobUnavailable, P2pullError, StoreFull
 from p2pull.reference import Digest
 from p2pull.store.types import BlobStore, ByteSink, StoredBlob
 
@@ -165,3 +166,60 @@ class BlobReader:
                         source = self.transfer.sources.get(i, "local")
                     on_sent(source, count)
                 offset = stop
+
+
+class PendingReader:
+    """A blob whose size a manifest named before its transfer knew it (``p2pull.sizes``): the
+    response headers go out now, the bytes follow once the transfer has them. A transfer that
+    turns out to have another size is cut off; one the store cannot take (StoreFull) is passed
+    through by ``pass_through``."""
+
+    local = False
+
+    def __init__(
+        self,
+        *,
+        transfer: Transfer,
+        size: int,
+        store: BlobStore,
+        pass_through: Callable[[], Awaitable[Sendable]],
+    ) -> None:
+        self.transfer = transfer
+        self.digest = transfer.digest
+        self.size = size
+        self._store = store
+        self._pass_through = pass_through
+
+    async def send(
+        self,
+        sink: ByteSink,
+        *,
+        offset: int,
+        length: int,
+        on_sent: Callable[[str, int], None] = lambda source, count: None,
+    ) -> None:
+        reader: Sendable
+        try:
+            blob = await self.transfer.wait_blob()
+        except StoreFull:
+            reader = await self._pass_through()
+        else:
+            if blob.size != self.size:
+                raise BlobUnavailable(
+                    f"{self.digest}: {blob.size} bytes, but its manifest said {self.size}"
+                )
+            reader = BlobReader(blob=blob, transfer=self.transfer, store=self._store)
+        await reader.send(sink, offset=offset, length=length, on_sent=on_sent)
+
+
+class Sendable(Protocol):
+    size: int
+
+    async def send(
+        self,
+        sink: ByteSink,
+        *,
+        offset: int,
+        length: int,
+        on_sent: Callable[[str, int], None] = ...,
+    ) -> None: ...

@@ -22,6 +22,7 @@ import trio
 from p2pull.blobs import BlobService
 from p2pull.membership import Member, Membership
 from p2pull.metrics import Metrics
+from p2pull.origin_fetch import DEFAULT_RESUME, ResumePolicy
 from p2pull.peer.messages import Message
 from p2pull.reference import Digest
 from p2pull.store.memory import MemoryStore
@@ -74,6 +75,12 @@ class MemSwarm:
     nodes: list[MemNode]
     trace: list[TraceEntry]
     started: float
+    opened_by: list[int]  # node indexes, one per blob opened at the origin
+
+    @property
+    def fetchers(self) -> set[int]:
+        """The nodes that went to the origin."""
+        return set(self.opened_by)
 
     async def pull(self, node: MemNode, digest: Digest) -> bytes | None:
         """The blob as a local client of ``node`` reads it (verified against its digest);
@@ -117,6 +124,7 @@ async def mem_swarm(
     config: Callable[[SwarmConfig], SwarmConfig] = lambda c: c,
     rates: dict[int, tuple[float, float]] | None = None,
     seed: int = 0,
+    resume: ResumePolicy = DEFAULT_RESUME,
 ) -> AsyncIterator[MemSwarm]:
     """``count`` nodes on links of ``up``/``down`` bytes per second (``rates`` overrides some
     nodes: index -> (up, down)); ``config`` adjusts each node's SwarmConfig."""
@@ -124,6 +132,7 @@ async def mem_swarm(
     members = [member(i) for i in range(count)]
     trace: list[TraceEntry] = []
     nodes: list[MemNode] = []
+    opened_by: list[int] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(net.run)
         started = trio.current_time()
@@ -143,11 +152,13 @@ async def mem_swarm(
                     trace=trace,
                     started=started,
                     rng=random.Random(f"{seed} {index}"),
+                    resume=resume,
+                    opened_by=opened_by,
                 )
             )
         for mem in nodes:
             await nursery.start(_run_node, mem)
-        yield MemSwarm(net, origin, nodes, trace, started)
+        yield MemSwarm(net, origin, nodes, trace, started, opened_by)
         nursery.cancel_scope.cancel()
 
 
@@ -165,11 +176,17 @@ def _node(
     trace: list[TraceEntry],
     started: float,
     rng: random.Random,
+    resume: ResumePolicy,
+    opened_by: list[int],
 ) -> MemNode:
     metrics = Metrics()
     store = MemoryStore(chunk_size=chunk_size)
     blobs = BlobService(
-        store=store, upstreams=FixedUpstreams(origin), metrics=metrics, jitter=rng.random
+        store=store,
+        upstreams=FixedUpstreams(_Tagged(origin, index, opened_by)),  # type: ignore[arg-type]
+        metrics=metrics,
+        jitter=rng.random,
+        resume=resume,
     )
     membership = Membership(self_member=me)
     membership.update_source("static", members, now=trio.current_time())
@@ -184,6 +201,20 @@ def _node(
     )
     node.pool._on_message = _recording(node.pool._on_message, me.node_id, trace, started)
     return MemNode(index, me, store, blobs, node, metrics, membership)
+
+
+class _Tagged:
+    """The origin as one node sees it: records that this node opened a blob."""
+
+    def __init__(self, origin: MemoryUpstream, index: int, opened_by: list[int]) -> None:
+        self._origin, self._index, self._opened_by = origin, index, opened_by
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._origin, name)
+
+    def open_blob(self, name: str, digest: Digest, *, start: int = 0) -> object:
+        self._opened_by.append(self._index)
+        return self._origin.open_blob(name, digest, start=start)
 
 
 def _recording(

@@ -42,7 +42,7 @@ async def running_mirror(
         store=store,
         upstreams=upstreams,
         metrics=metrics,
-        resume=ResumePolicy(attempts=3, backoff_base=0.001, backoff_max=0.01),
+        resume=ResumePolicy(patience=1.0, backoff_base=0.001, backoff_max=0.01),
     )
     manifests = ManifestService(store=store, upstreams=upstreams)
     mirror = Mirror(blobs=blobs, manifests=manifests, metrics=metrics)

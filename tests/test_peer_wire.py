@@ -30,6 +30,7 @@ from p2pull.peer.messages import (
     Reject,
     Request,
     Unavailable,
+    Waiting,
     decode,
     encode,
 )
@@ -66,6 +67,7 @@ CODES = {
     Bye: 11,
     Purge: 12,
     Push: 13,
+    Waiting: 14,
 }
 
 SAMPLES: list[tuple[str, Message]] = [
@@ -91,6 +93,7 @@ SAMPLES: list[tuple[str, Message]] = [
     ("bye-empty-reason", Bye("")),
     ("purge", Purge(D)),
     ("push", Push(D, 7, H)),
+    ("waiting", Waiting(D, "origin unavailable: retrying in 4 s")),
 ]
 
 
@@ -161,6 +164,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Cancel, digests, uints),
     st.builds(Reject, digests, uints, st.text(max_size=1024)),
     st.builds(Unavailable, digests, st.text(max_size=1024)),
+    st.builds(Waiting, digests, st.text(max_size=1024)),
     st.builds(Bye, st.text(max_size=1024)),
 )
 

@@ -119,6 +119,15 @@ class OriginDone:
 
 
 @dataclass(frozen=True, slots=True)
+class OriginRetrying:
+    """The origin fetch failed for now and retries in ``delay`` seconds (the origin is slow or
+    down: the session tells its members it is still at it)."""
+
+    reason: str
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
 class ReaderWants:
     """A local reader waits for chunk ``index`` (None: nobody waits)."""
 
@@ -136,6 +145,7 @@ Event = (
     | PieceStored
     | PieceCorrupt
     | OriginDone
+    | OriginRetrying
     | ReaderWants
 )
 
@@ -210,6 +220,12 @@ class SessionConfig:
     peers_handout: int = 32
     info_timeout: float = 15.0  # the seed's BlobInfo, or any progress, within this
     busy_retry: float = 0.5  # before asking a peer that answered "busy" for that chunk again
+    # A seed with nothing new to tell says Waiting this often, so that its members wait for it
+    # (an origin outage) instead of timing out and choosing another seed.
+    waiting_every: float = 5.0
+    # Seeds that may give up (Unavailable) before the session gives up too: the blob's seed,
+    # then this many successors, one at a time, never every member at once.
+    handovers: int = 1
 
 
 @dataclass(frozen=True, slots=True)

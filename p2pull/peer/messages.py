@@ -155,6 +155,15 @@ class Unavailable:
 
 
 @dataclass(frozen=True, slots=True)
+class Waiting:
+    """The sender seeds this blob and is still at it (the origin is slow, or down and being
+    retried): the receiver keeps waiting for it instead of choosing another seed."""
+
+    digest: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Bye:
     reason: str
 
@@ -166,7 +175,7 @@ class Purge:
     digest: str
 
 
-_Blobs: TypeAlias = Interested | BlobInfo | Have | Push | Peers | Unavailable | Purge
+_Blobs: TypeAlias = Interested | BlobInfo | Have | Push | Peers | Unavailable | Waiting | Purge
 _Chunks: TypeAlias = Request | Piece | Cancel | Reject
 Message: TypeAlias = Hello | Auth | _Blobs | _Chunks | Bye
 
@@ -304,6 +313,7 @@ _KINDS: dict[type, _Kind] = {
     Bye: _kind(11, Bye, _reason),
     Purge: _kind(12, Purge, _digest),
     Push: _kind(13, Push, _digest, _index, _sha256),
+    Waiting: _kind(14, Waiting, _digest, _reason),
 }
 _BY_CODE: dict[int, _Kind] = {kind.code: kind for kind in _KINDS.values()}
 HELLO_CODE = _KINDS[Hello].code

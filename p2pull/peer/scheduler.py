@@ -226,7 +226,7 @@ class Scheduler:
             Assignment(peer, index)
             for index, peers in sorted(self._by_chunk.items())
             for peer, sent in sorted(peers.items())
-            if now - sent >= self.request_timeout
+            if now >= sent + self.request_timeout  # the very sum next_deadline gives
         ]
         for request in expired:
             self._release(request.peer, request.index)

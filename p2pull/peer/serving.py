@@ -20,6 +20,7 @@ from p2pull.peer.superseed import SuperSeeder
 
 PUSH_BACKLOG = 2  # relayed chunks (or requests) of one peer waiting for an upload slot, at most
 REJECT_SEEDED = "seeded: ask the peers"
+FAILED_FOR = 120.0  # seconds a seed that gave up on a blob says so to those who ask
 
 UploadKey = tuple[str, str, int]  # (peer, digest, chunk index)
 
@@ -46,6 +47,7 @@ class Serving:
         self._waiting: set[UploadKey] = set()  # admitted, not yet holding a slot
         self._waiting_by_peer: dict[str, int] = {}
         self.active = 0  # uploads holding a slot
+        self._failed: dict[str, tuple[float, str]] = {}  # digest -> (when, why) it failed here
 
     @property
     def backlog(self) -> int:
@@ -128,9 +130,26 @@ class Serving:
         referrals += [peer for peer in late if peer not in referrals]
         return referrals[:limit]
 
+    def seeding_failed(self, digest: str, reason: str, *, now: float) -> None:
+        """This node seeded ``digest`` and could not fetch it: for ``FAILED_FOR`` seconds, a
+        node asking for it is told so (it hands over to the next seed) instead of this node
+        starting over with the origin for it."""
+        self._failed = {
+            d: (at, why) for d, (at, why) in self._failed.items() if now - at < FAILED_FOR
+        }
+        self._failed[digest] = (now, reason)
+
+    def failure(self, digest: str, *, now: float) -> str | None:
+        """Why this node could not seed ``digest`` lately, if it could not."""
+        entry = self._failed.get(digest)
+        if entry is None or now - entry[0] >= FAILED_FOR:
+            return None
+        return entry[1]
+
     def forget(self, digest: str) -> None:
         self.superseed.forget(digest)
         self.latecomers.forget(digest)
+        self._failed.pop(digest, None)
 
 
 __all__ = ["PUSH_BACKLOG", "REJECT_SEEDED", "Serving"]

@@ -47,6 +47,7 @@ from p2pull.peer.events import (
     NodeContext,
     OpenBlob,
     OriginDone,
+    OriginRetrying,
     PeerGone,
     PeerMessage,
     Phase,
@@ -73,6 +74,7 @@ from p2pull.peer.messages import (
     Reject,
     Request,
     Unavailable,
+    Waiting,
     peers_message,
 )
 from p2pull.peer.relay import HeldPieces, Relay
@@ -119,6 +121,9 @@ class BlobSession:
         self._seed_dial: str | None = None
         self._writing: set[tuple[str, int]] = set()
         self._origin_running = False
+        self._origin_trouble: str | None = None  # the origin's last failure, while it retries
+        self._gave_up: set[str] = set()  # seeds that answered Unavailable
+        self._told_at = 0.0  # when the seed last told its members anything
         self._seed_asked_at = 0.0
         self._progress_at = 0.0  # when a chunk last landed (or we last asked the seed)
         self._reader: int | None = None
@@ -166,6 +171,8 @@ class BlobSession:
                 self._on_corrupt(event, now)
             case OriginDone():
                 self._on_origin_done(event, now)
+            case OriginRetrying():
+                self._on_origin_retrying(event, now)
             case ReaderWants():
                 self._reader = event.index
         return self._flush()
@@ -181,9 +188,13 @@ class BlobSession:
         if self.ended:
             return None
         timeout = self.config.info_timeout
-        if self._have is None:
-            return self._seed_asked_at + timeout if self.phase is Phase.ASKING else None
         deadlines = []
+        if self.seeding:
+            deadlines.append(max(self._progress_at, self._told_at) + self.config.waiting_every)
+        if self._have is None:
+            if self.phase is Phase.ASKING:
+                deadlines.append(self._seed_asked_at + timeout)
+            return min(deadlines, default=None)
         if self.scheduler is not None:
             deadline = self.scheduler.next_deadline()
             if deadline is not None:
@@ -240,9 +251,11 @@ class BlobSession:
     # -- the seed --------------------------------------------------------------------------------
 
     def _locate(self, now: float) -> None:
-        seed = self.node.membership.seed_for(self.digest, now=now)
+        """Dial the blob's seed: the highest live member that has not given up on it."""
+        successors = self.node.membership.successors(self.digest, now=now)
+        seed = next(m for m in successors if m.node_id not in self._gave_up)  # never this node
         if seed.node_id == self.node.node_id:
-            self._become_seed()
+            self._become_seed(now)
             return
         self._to(Phase.LOCATING)
         self.seed_id, self._seed_dial = None, seed.node_id
@@ -253,12 +266,40 @@ class BlobSession:
             self._dialing.add(member.node_id)
             self._out.append(Dial(member))
 
-    def _become_seed(self) -> None:
+    def _become_seed(self, now: float) -> None:
         log.info("seeding %s from the origin", self.digest[:19])
         self._to(Phase.SEEDING)
+        self._progress_at = self._told_at = now
         self.seeding, self.seed_id, self._seed_dial = True, self.node.node_id, None
         self.node.serving.seeding_started(self.digest)
         self._start_origin()
+
+    def _tell_waiting(self, now: float) -> None:
+        """Tell the members that this seed is still fetching (nothing new came for a while)."""
+        self._told_at = now
+        reason = self._origin_trouble or "fetching from the origin"
+        for peer in sorted(self.members - self.bad):
+            self._send(peer, Waiting(self.digest, reason[:1000]))
+
+    def _seed_gave_up(self, peer: str, reason: str, now: float) -> None:
+        """The seed cannot fetch the blob (the origin failed it for its whole patience, or says
+        the blob is unknown): the next HRW member takes over, the same for every member, so one
+        node goes to the origin, not all of them. After ``handovers`` such seeds, give up."""
+        self._gave_up.add(peer)
+        if len(self._gave_up) > self.config.handovers:
+            log.warning("no seed could fetch %s (%s): giving up", self.digest[:19], reason)
+            for member in sorted(self.members - self.bad):
+                self._send(member, Unavailable(self.digest, reason[:1000]))
+            self._fail(f"the seeds could not fetch it: {reason}")
+            return
+        log.warning(
+            "seed %s cannot provide %s (%s): handing over to the next",
+            peer,
+            self.digest[:19],
+            reason,
+        )
+        self.seed_id = None
+        self._locate(now)
 
     def _start_origin(self) -> None:
         if not self._origin_running:
@@ -342,6 +383,8 @@ class BlobSession:
         to the rest)."""
         assert self._have is not None and self.scheduler is not None
         self._progress_at = now
+        if from_origin:
+            self._origin_trouble = None  # it answers again
         self._have.set(index)
         self.scheduler.have(index)
         if self.hashes[index] is None:
@@ -379,6 +422,15 @@ class BlobSession:
         if not self._origin_running:
             raise LocalProtocolError("OriginDone without StartOrigin")
         self._origin_running = False
+        self._origin_trouble = None
+
+    def _on_origin_retrying(self, event: OriginRetrying, now: float) -> None:
+        if not self._origin_running:
+            raise LocalProtocolError("OriginRetrying without StartOrigin")
+        first = self._origin_trouble is None
+        self._origin_trouble = event.reason
+        if first:
+            self._tell_waiting(now)  # at once: members learn why nothing comes
 
     # -- peers -----------------------------------------------------------------------------------
 
@@ -417,19 +469,17 @@ class BlobSession:
             self.scheduler.on_failed(peer, message.index, now=now, retry_after=retry)
         elif isinstance(message, Peers) and peer == self.seed_id:
             self._on_peers(message)
+        elif isinstance(message, Waiting) and peer == self.seed_id:
+            self._seed_asked_at = self._progress_at = now  # it is at it: keep waiting for it
         elif isinstance(message, Unavailable) and peer == self.seed_id and not self.seeding:
-            log.warning(
-                "seed %s cannot provide %s (%s): fetching it myself",
-                peer,
-                self.digest[:19],
-                message.reason,
-            )
-            self._become_seed()
+            self._seed_gave_up(peer, message.reason, now)
 
     def _on_interested(self, peer: str) -> None:
         self.members.add(peer)
         if self._have is None:
             self._waiting_info.add(peer)
+            if self.seeding and self._origin_trouble is not None:
+                self._send(peer, Waiting(self.digest, self._origin_trouble[:1000]))
             return
         self._send(peer, self.blob_info())
         if self.seeding:
@@ -582,8 +632,13 @@ class BlobSession:
     def _pump(self, now: float) -> None:
         have, scheduler = self._have, self.scheduler
         timeout = self.config.info_timeout
+        if (
+            self.seeding
+            and now >= max(self._progress_at, self._told_at) + self.config.waiting_every
+        ):
+            self._tell_waiting(now)
         if have is None or scheduler is None:
-            if self.phase is Phase.ASKING and now - self._seed_asked_at >= timeout:
+            if self.phase is Phase.ASKING and now >= self._seed_asked_at + timeout:
                 log.warning("seed %s did not describe %s in time", self.seed_id, self.digest[:19])
                 if self.seed_id is not None:
                     self.node.membership.suspect(self.seed_id, now=now)
@@ -605,7 +660,7 @@ class BlobSession:
         if (
             self.phase is Phase.LEECHING
             and self.seed_id is not None
-            and now - self._progress_at >= timeout
+            and now >= self._progress_at + timeout
         ):
             # Stalled: ask the seed again; it answers with everything it has and knows (a
             # Have lost in a race is recovered this way).

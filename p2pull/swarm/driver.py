@@ -35,6 +35,7 @@ from p2pull.peer.events import (
     NodeContext,
     OpenBlob,
     OriginDone,
+    OriginRetrying,
     PeerMessage,
     PieceCorrupt,
     PieceStored,
@@ -233,7 +234,11 @@ class SessionDriver:
         transfer = self.transfer
         try:
             with self.context.metrics.origin_fetchers.track_inprogress():
-                await self.origin.fetch(transfer, wanted=self.session.origin_wants)
+                await self.origin.fetch(
+                    transfer,
+                    wanted=self.session.origin_wants,
+                    on_retry=lambda reason, delay: self.post_soon(OriginRetrying(reason, delay)),
+                )
         except P2pullError as exc:
             self._failure = exc
             await self.post(Failed(str(exc)))

@@ -168,10 +168,10 @@ class SwarmNode:
         finally:
             if self.drivers.get(transfer.digest) is driver:
                 del self.drivers[transfer.digest]
-            session = driver.session
-            self.serving.swarm_ended(
-                session.digest, session.members - session.bad, now=self.clock()
-            )
+            session, now = driver.session, self.clock()
+            self.serving.swarm_ended(session.digest, session.members - session.bad, now=now)
+            if session.seeding and session.error is not None:
+                self.serving.seeding_failed(session.digest, session.error, now=now)
             self._answer_late_interest(driver, transfer.digest)
 
     def _answer_late_interest(self, driver: SessionDriver, digest: Digest) -> None:
@@ -248,6 +248,10 @@ class SwarmNode:
 
     async def _on_interested(self, link: PeerLink, digest: Digest, message: Interested) -> None:
         if self._describe_complete(link, digest):
+            return
+        failure = self.serving.failure(message.digest, now=self.clock())
+        if failure is not None:
+            link.send(Unavailable(message.digest, failure[:1000]))
             return
         try:
             name = validate_name(message.name)

@@ -8,7 +8,13 @@ from dataclasses import dataclass, field
 
 import trio
 
-from p2pull.errors import BlobUnknown, ManifestUnknown, NameUnknown, TruncatedBody
+from p2pull.errors import (
+    BlobUnknown,
+    ManifestUnknown,
+    NameUnknown,
+    TruncatedBody,
+    UpstreamUnavailable,
+)
 from p2pull.reference import Digest, ManifestRef
 from p2pull.upstream.types import (
     MANIFEST_MEDIA_TYPES,
@@ -36,6 +42,8 @@ class FakeBody:
                 await trio.sleep(len(piece) / self.rate)
             else:
                 await trio.lowlevel.checkpoint()
+            if self.owner.down():
+                raise UpstreamUnavailable(f"fake upstream went down at byte {offset}")
             self.owner.sent(len(piece))
             yield piece
         if end < len(self.data):
@@ -56,6 +64,13 @@ class MemoryUpstream:
     rate: float = 0.0
     bytes_sent: int = 0
     opens: list[tuple[Digest, int]] = field(default_factory=list)
+    outages: list[tuple[float, float]] = field(default_factory=list)  # (from, until), trio time
+
+    def down(self) -> bool:
+        """Inside an outage: opens are refused and open streams break."""
+        now = trio.current_time()
+        return any(start <= now < end for start, end in self.outages)
+
     _progress: trio.Event = field(default_factory=trio.Event)
 
     def sent(self, count: int) -> None:
@@ -109,6 +124,8 @@ class MemoryUpstream:
         self, name: str, digest: Digest, *, start: int = 0
     ) -> AsyncIterator[FakeBody]:
         await trio.lowlevel.checkpoint()
+        if self.down():
+            raise UpstreamUnavailable("fake upstream is down: connection refused")
         if digest not in self.blobs:
             raise BlobUnknown(f"blob {digest} unknown")
         self.opens.append((digest, start))

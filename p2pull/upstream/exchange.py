@@ -21,6 +21,7 @@ from p2pull.errors import (
     P2pullError,
     UpstreamAuthError,
     UpstreamError,
+    UpstreamUnavailable,
 )
 from p2pull.metrics import Metrics
 from p2pull.upstream.endpoints import (
@@ -32,6 +33,8 @@ from p2pull.upstream.endpoints import (
     origin_of,
     parse_length,
 )
+
+__all__ = ["Exchange", "UpstreamUnavailable", "oci_error_code"]
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
@@ -45,14 +48,6 @@ _NOT_FOUND: dict[str, type[NotFound]] = {
     "NAME_UNKNOWN": NameUnknown,
 }
 _NOT_FOUND_BY_KIND: dict[str, type[NotFound]] = {"manifest": ManifestUnknown, "blob": BlobUnknown}
-
-
-class UpstreamUnavailable(UpstreamError):
-    """A transient failure (connection, timeout, 5xx, 429): retried, raised when retries run out."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 def oci_error_code(body: bytes) -> str | None:
