@@ -16,19 +16,26 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from p2pull.blobs import BlobReader, BlobService
-from p2pull.errors import NameInvalid, P2pullError, RangeNotSatisfiable, StoreFull
+from p2pull.errors import P2pullError, RangeNotSatisfiable, StoreFull
 from p2pull.httpserver import BodySink, Request, Response
 from p2pull.manifests import ManifestService
 from p2pull.metrics import Metrics
 from p2pull.passthrough import PassThroughReader
-from p2pull.reference import Digest, ManifestRef, parse_range, validate_name
+from p2pull.reference import (
+    REGISTRY_HOST_RE,
+    Digest,
+    ManifestRef,
+    RegistryHost,
+    parse_range,
+    validate_name,
+)
 
 log = logging.getLogger(__name__)
 
 API_VERSION = ("docker-distribution-api-version", "registry/2.0")
-NS_RE = re.compile(
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*|\[[0-9a-fA-F:.]+\])(?::[0-9]{1,5})?"
-)
+# The shape of an ns, for p2pull.swarm.node's first look at a peer's Interested; the check is
+# RegistryHost.parse (resolving the ns applies it again before anything is contacted).
+NS_RE = REGISTRY_HOST_RE
 _ROUTE_RE = re.compile(r"/v2/(?P<name>.+)/(?P<kind>manifests|blobs)/(?P<ref>[^/]+)")
 
 
@@ -164,8 +171,8 @@ class Mirror:
         match = _ROUTE_RE.fullmatch(request.path)
         assert match is not None
         ns = request.query.get("ns")
-        if ns is not None and NS_RE.fullmatch(ns) is None:
-            raise NameInvalid(f"invalid ns parameter {ns[:80]!r}: expected host[:port]")
+        if ns is not None:
+            ns = str(RegistryHost.parse(ns))  # NameInvalid (400) for anything but host[:port]
         return ns, validate_name(match.group("name")), match.group("ref")
 
     async def _manifest(self, request: Request) -> Response:
