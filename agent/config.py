@@ -52,6 +52,8 @@ class AgentConfig:
     upload_rate: int = 0
     download_rate: int = 0
     max_uploads: int = 4
+    mirror_max_connections: int = 1024
+    metrics_max_connections: int = 64
     log_level: str = "INFO"
     log_format: str = "json"
 
@@ -127,6 +129,16 @@ def add_agent_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str])
     opt("--upload-rate", default="0", help="bytes/s to peers, all together (0: unlimited)")
     opt("--download-rate", default="0", help="bytes/s from peers and origin (0: unlimited)")
     opt("--max-uploads", default="4", help="chunks uploaded to peers at once")
+    opt(
+        "--mirror-max-connections",
+        default="1024",
+        help="connections the mirror serves at once; more are answered 503 and closed",
+    )
+    opt(
+        "--metrics-max-connections",
+        default="64",
+        help="connections the /metrics, /healthz, /readyz server serves at once (then 503)",
+    )
     opt("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     opt("--log-format", default="json", choices=("json", "text"), help="log line format")
 
@@ -185,6 +197,10 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         upload_rate=parse_size(args.upload_rate),
         download_rate=parse_size(args.download_rate),
         max_uploads=_positive(args.max_uploads, "--max-uploads"),
+        mirror_max_connections=_positive(args.mirror_max_connections, "--mirror-max-connections"),
+        metrics_max_connections=_positive(
+            args.metrics_max_connections, "--metrics-max-connections"
+        ),
         log_level=level,
         log_format=args.log_format,
     )

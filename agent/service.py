@@ -13,13 +13,13 @@ import httpx
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from agent.config import AgentConfig, ConfigError
+from agent.config import AgentConfig, ConfigError, HostPort
 from p2pull.admin import Admin
 from p2pull.blobs import BlobService
 from p2pull.discovery.dns import DnsDiscovery
 from p2pull.discovery.mdns import MdnsDiscovery
 from p2pull.discovery.static import StaticDiscovery
-from p2pull.httpserver import HttpServer, Request, Response
+from p2pull.httpserver import Handler, HttpServer, Request, Response, ServerLimits
 from p2pull.manifests import ManifestService
 from p2pull.membership import Member, Membership
 from p2pull.metrics import Metrics
@@ -175,13 +175,13 @@ class Agent:
                 if secret is not None:
                     peer_port = await self._start_swarm(nursery, secret, store, blobs)
                 mirror_port = await nursery.start(
-                    HttpServer(
-                        mirror.handle, host=config.mirror_addr.host, port=config.mirror_addr.port
+                    self._http_server(
+                        "mirror", mirror.handle, config.mirror_addr, config.mirror_max_connections
                     ).run
                 )
                 metrics_port = await nursery.start(
-                    HttpServer(
-                        self._admin, host=config.metrics_addr.host, port=config.metrics_addr.port
+                    self._http_server(
+                        "metrics", self._admin, config.metrics_addr, config.metrics_max_connections
                     ).run
                 )
                 self.ready = True
@@ -196,6 +196,18 @@ class Agent:
                 task_status.started(
                     AgentPorts(mirror=mirror_port, metrics=metrics_port, peer=peer_port)
                 )
+
+    def _http_server(
+        self, name: str, handler: Handler, addr: HostPort, max_connections: int
+    ) -> HttpServer:
+        refused = self.metrics.http_refused
+        return HttpServer(
+            handler,
+            host=addr.host,
+            port=addr.port,
+            limits=ServerLimits(max_connections=max_connections),
+            on_refused=lambda reason: refused.labels(name, reason).inc(),
+        )
 
     async def _start_swarm(
         self, nursery: trio.Nursery, secret: bytes, store: DiskStore, blobs: BlobService

@@ -139,6 +139,13 @@ class Metrics:
         self.store_evictions = Counter(
             "p2pull_store_evictions", "Blobs evicted by the LRU quota", registry=r
         )
+        self.http_refused = Counter(
+            "p2pull_http_refused",
+            "Connections an HTTP server ended on its own, by server (mirror, metrics) and reason "
+            "(over_cap, timeout, bad_request, error: an unexpected exception, logged)",
+            ["server", "reason"],
+            registry=r,
+        )
         for source in SOURCES:  # the series exist at 0 before the first byte
             self.served_bytes.labels(source)
             self.fetched_bytes.labels(source)
