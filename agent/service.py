@@ -27,8 +27,11 @@ from p2pull.mirror import Mirror
 from p2pull.ratelimit import RateLimiter
 from p2pull.store.disk import DiskStore
 from p2pull.swarm.node import SwarmConfig, SwarmNode
+from p2pull.upstream.addresses import AddressPolicy
 from p2pull.upstream.client import RegistrySet
 from p2pull.upstream.credentials import Credentials
+from p2pull.upstream.endpoints import listed_origins
+from p2pull.upstream.guard import guarded_transport
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +142,18 @@ class Agent:
         self.metrics.store_quota_bytes.set(config.store_quota)
         self.metrics.store_bytes.set_function(lambda: store.used_bytes)
         credentials = Credentials.load(config.credentials_file) if config.credentials_file else None
+        # Only the registries the operator listed may be on loopback, link-local or metadata
+        # addresses; any other host a client's ns (or a redirect) names is checked when it is
+        # connected to (p2pull.upstream.addresses).
+        policy = AddressPolicy.trusting(listed_origins(config.upstreams, config.default_upstream))
+        refused = self.metrics.upstream_refused
         async with httpx.AsyncClient(
             timeout=httpx.Timeout(connect=10.0, read=60.0, write=30.0, pool=30.0),
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            transport=guarded_transport(
+                policy,
+                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+                on_refused=lambda reason: refused.labels(reason).inc(),
+            ),
             follow_redirects=False,
         ) as http:
             upstreams = RegistrySet(

@@ -12,6 +12,10 @@ class P2pullError(Exception):
 
     oci_code = "UNKNOWN"
     http_status = 500
+    # What a client is told of a 5xx (the agent's or the upstream's failure, not the client's):
+    # a fixed text. The error's own message names addresses and how a connection failed, which
+    # would tell a client what listens where; it goes to the agent's log.
+    public_message = "internal error in the p2pull agent"
 
 
 class InvalidReference(P2pullError):
@@ -48,12 +52,14 @@ class UpstreamError(P2pullError):
 
     oci_code = "UNAVAILABLE"
     http_status = 502
+    public_message = "the upstream registry failed or could not be reached"
 
 
 class UpstreamAuthError(UpstreamError):
     """The upstream refused our credentials or the token flow failed."""
 
     oci_code = "UNAUTHORIZED"
+    public_message = "the upstream registry refused the agent's credentials"
 
 
 class NotFound(P2pullError):
@@ -74,11 +80,18 @@ class NameUnknown(NotFound):
     oci_code = "NAME_UNKNOWN"
 
 
+class UpstreamRefused(NameUnknown):
+    """The registry a request names (or a redirect leads to) is at an address the agent does
+    not contact for its clients (loopback, link-local, metadata, ...: p2pull.upstream.addresses).
+    A 404, so containerd goes to the registry itself."""
+
+
 class BlobUnavailable(P2pullError):
     """A blob could not be produced (every source failed); partial bytes stay for a resume."""
 
     oci_code = "BLOB_UNKNOWN"
     http_status = 502
+    public_message = "the blob could not be fetched from its peers or the upstream registry"
 
 
 class DigestMismatch(P2pullError):
@@ -86,6 +99,7 @@ class DigestMismatch(P2pullError):
 
     oci_code = "DIGEST_INVALID"
     http_status = 502
+    public_message = "the bytes fetched do not match the digest"
 
 
 class TruncatedBody(UpstreamError):
@@ -97,6 +111,7 @@ class StoreError(P2pullError):
 
     oci_code = "UNAVAILABLE"
     http_status = 503
+    public_message = "the agent's content store failed or is full"
 
 
 class StoreFull(StoreError):

@@ -48,6 +48,14 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.upstream_refused = Counter(
+            "p2pull_upstream_refused",
+            "Upstream connections not made: the host is at an address the agent does not "
+            "contact for clients, by reason (loopback, link_local, metadata, unspecified, "
+            "multicast, reserved, port)",
+            ["reason"],
+            registry=r,
+        )
         self.upstream_retries = Counter(
             "p2pull_upstream_retries", "Upstream requests retried after an error", registry=r
         )

@@ -128,9 +128,11 @@ class Mirror:
         headers: list[tuple[str, str]] = []
         if isinstance(exc, RangeNotSatisfiable):
             headers.append(("content-range", f"bytes */{exc.size}"))
-        if exc.http_status >= 500:
+        message = str(exc)
+        if exc.http_status >= 500:  # the client hears a fixed text; the details are logged
             log.warning("answering %d %s: %s", exc.http_status, exc.oci_code, exc)
-        return error_response(exc.http_status, exc.oci_code, str(exc), headers=headers)
+            message = exc.public_message
+        return error_response(exc.http_status, exc.oci_code, message, headers=headers)
 
     def _route(self, request: Request) -> tuple[str, Callable[[Request], Awaitable[Response]]]:
         if request.path in ("/v2", "/v2/"):

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import trio
 
-from p2pull.errors import UpstreamError
+from p2pull.errors import BlobUnavailable, UpstreamError
 from p2pull.reference import Digest, ManifestRef
 from p2pull.testing.fakes import FakeBody, MemoryUpstream
 from p2pull.upstream.types import Manifest
@@ -389,3 +389,25 @@ async def test_passthrough_never_completes_a_body_with_wrong_bytes(
         m.store.min_free_bytes = 1 << 60
         with pytest.raises(httpx.HTTPError):
             await m.client.get(f"/v2/{NAME}/blobs/{digest}")
+
+
+async def test_upstream_failures_reach_the_client_as_a_fixed_text(
+    tmp_path: Path, upstream: MemoryUpstream
+) -> None:
+    """How a connection failed (refused, a TLS error from a plain listener, a timeout) told a
+    client which ports were open where; that detail goes to the log only."""
+    detail = "GET https://10.1.2.3:22/v2/: ConnectError: [SSL: WRONG_VERSION_NUMBER]"
+
+    @asynccontextmanager
+    async def refuse(*args: object, **kwargs: object) -> AsyncIterator[FakeBody]:
+        await trio.lowlevel.checkpoint()
+        raise UpstreamError(detail)
+        yield  # type: ignore[unreachable]
+
+    upstream.open_blob = refuse  # type: ignore[method-assign]
+    async with running_mirror(tmp_path, upstream) as m:
+        response = await m.client.get(f"/v2/{NAME}/blobs/sha256:{'c' * 64}?ns=reg.example")
+    assert response.status_code == 502
+    error = response.json()["errors"][0]
+    assert error["message"] == BlobUnavailable.public_message
+    assert "10.1.2.3" not in response.text and "SSL" not in response.text

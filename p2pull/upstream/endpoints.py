@@ -119,6 +119,20 @@ def resolve_endpoint(
     return Endpoint.from_url(f"https://{target}")
 
 
+def listed_origins(upstreams: Mapping[str, str], default: str | None) -> list[tuple[str, int]]:
+    """(host, port) of every configured upstream URL and of the default upstream: where the
+    operator said the agent may fetch from, whatever address that is."""
+    endpoints = [Endpoint.from_url(url) for url in upstreams.values()]
+    if default is not None:
+        endpoints.append(resolve_endpoint(None, upstreams=upstreams, default=default))
+    origins: list[tuple[str, int]] = []
+    for endpoint in endpoints:
+        _, host, port = origin_of(httpx.URL(endpoint.base_url))
+        assert port is not None  # http(s) only: the default port is known
+        origins.append((host, port))
+    return origins
+
+
 def origin_of(url: httpx.URL) -> tuple[str, str, int | None]:
     """(scheme, host, port) with the default port filled in: what decides "same host"."""
     return url.scheme, url.host, url.port or DEFAULT_PORTS.get(url.scheme)
