@@ -19,6 +19,7 @@ import trio
 
 from p2pull.errors import (
     BlobUnavailable,
+    ChunkLost,
     DigestMismatch,
     NotFound,
     P2pullError,
@@ -31,12 +32,14 @@ from p2pull.passthrough import PassThroughReader
 from p2pull.ratelimit import UNLIMITED, RateLimiter
 from p2pull.reference import Digest
 from p2pull.store.types import BlobStore, StoredBlob
-from p2pull.transfer import BlobReader, Transfer
+from p2pull.transfer import MAX_REFETCHES, BlobReader, Refetch, Transfer
 from p2pull.upstream.types import Upstreams
 
 __all__ = ["BlobReader", "BlobService", "ResumePolicy", "SwarmStrategy", "Transfer"]
 
 log = logging.getLogger(__name__)
+
+SEAL_ROUNDS = 3  # fetch-and-seal rounds of one transfer: chunks lost to rot are fetched again
 
 
 class SwarmStrategy(Protocol):
@@ -97,29 +100,64 @@ class BlobService:
         self, ns: str | None, name: str, digest: Digest
     ) -> BlobReader | PassThroughReader:
         """A reader for ``digest``; waits only until the size is known (response headers).
-        When the store is full (quota or low disk) the blob is passed through uncached."""
-        blob = self._store.lookup(digest)
-        if blob is not None and blob.complete:
-            return BlobReader(blob=blob, transfer=None, store=self._store)
-        transfer = self._transfers.get(digest)
-        if transfer is None:
-            transfer = self._start(ns, name, digest, blob)
-        try:
-            blob = await transfer.wait_blob()
-        except StoreFull as exc:
-            log.warning("not caching %s: %s; passing it through", digest, exc)
-            self._metrics.passthrough_blobs.inc()
-            upstream = self._upstreams.for_namespace(ns)
-            size = await upstream.head_blob(name, digest)
-            return PassThroughReader(upstream=upstream, name=name, digest=digest, size=size)
-        return BlobReader(blob=blob, transfer=transfer, store=self._store)
+        When the store is full (quota or low disk) the blob is passed through uncached.
+
+        Transfers are single flight by digest, whichever client's ``ns`` started one; a client
+        whose ``ns`` differs from a transfer that fails starts (or joins) one from its own,
+        instead of sharing an error that another client's registry caused."""
+        refetch = self._refetch(ns, name, digest)
+        transfer = self.ensure(ns, name, digest)
+        for _ in range(MAX_REFETCHES + 1):
+            if transfer is None:  # complete locally
+                blob = self._store.lookup(digest)
+                assert blob is not None
+                return BlobReader(blob=blob, transfer=None, store=self._store, refetch=refetch)
+            try:
+                blob = await transfer.wait_blob()
+            except StoreFull as exc:
+                log.warning("not caching %s: %s; passing it through", digest, exc)
+                self._metrics.passthrough_blobs.inc()
+                upstream = self._upstreams.for_namespace(ns)
+                size = await upstream.head_blob(name, digest)
+                return PassThroughReader(upstream=upstream, name=name, digest=digest, size=size)
+            except P2pullError:
+                again = refetch(transfer)
+                if again is None:
+                    raise
+                transfer = again
+                continue
+            return BlobReader(blob=blob, transfer=transfer, store=self._store, refetch=refetch)
+        assert transfer is not None and transfer.error is not None
+        raise transfer.error
 
     def ensure(self, ns: str | None, name: str, digest: Digest) -> Transfer | None:
-        """Start (or join) the transfer of ``digest`` unless it is complete locally."""
+        """Start (or join) the transfer of ``digest`` unless it is complete locally. A transfer
+        that failed is never joined (its task may still be finishing)."""
         blob = self._store.lookup(digest)
         if blob is not None and blob.complete:
             return None
-        return self._transfers.get(digest) or self._start(ns, name, digest, blob)
+        running = self._transfers.get(digest)
+        if running is not None and running.error is None:
+            return running
+        return self._start(ns, name, digest, blob)
+
+    def _refetch(self, ns: str | None, name: str, digest: Digest) -> Refetch:
+        """What a reader with ``ns`` follows next (p2pull.transfer.Refetch): a failed transfer is
+        retried only from another ns (the reader's own), never after a store error."""
+
+        def refetch(failed: Transfer | None) -> Transfer | None:
+            if failed is not None and (failed.ns == ns or isinstance(failed.error, StoreError)):
+                return None
+            if failed is not None:
+                log.info(
+                    "transfer of %s from ns %s failed; trying the reader's ns %s",
+                    digest,
+                    failed.ns,
+                    ns,
+                )
+            return self.ensure(ns, name, digest)
+
+        return refetch
 
     def _start(
         self, ns: str | None, name: str, digest: Digest, blob: StoredBlob | None
@@ -131,8 +169,10 @@ class BlobService:
         self._nursery.start_soon(self._run_transfer, transfer)
         return transfer
 
-    async def _run_transfer(self, transfer: Transfer) -> None:
-        try:
+    async def _fill_and_seal(self, transfer: Transfer) -> StoredBlob:
+        """Fetch every missing chunk, then seal; a chunk that fails its re-check at the seal
+        (rot on disk since an earlier run) is dropped by the store and fetched again."""
+        for round_ in range(SEAL_ROUNDS):
             if self.swarm is not None:
                 await self.swarm.download(transfer, origin=self.origin)
             else:
@@ -140,7 +180,18 @@ class BlobService:
                     await self.origin.fetch(transfer)
             blob = transfer.blob
             assert blob is not None
-            await blob.seal()
+            try:
+                await blob.seal()
+                return blob
+            except ChunkLost as exc:
+                if round_ + 1 == SEAL_ROUNDS:
+                    raise
+                log.warning("%s lost chunk %d: fetching it again", blob.digest, exc.index)
+        raise AssertionError("SEAL_ROUNDS must be at least 1")
+
+    async def _run_transfer(self, transfer: Transfer) -> None:
+        try:
+            blob = await self._fill_and_seal(transfer)
             self._metrics.blobs_completed.inc()
             log.info("blob %s complete (%d bytes)", transfer.digest, blob.size)
         except DigestMismatch as exc:
@@ -164,5 +215,6 @@ class BlobService:
             if transfer.blob is not None:
                 with trio.CancelScope(shield=True), contextlib.suppress(StoreError):
                     await transfer.blob.checkpoint()
-            self._transfers.pop(transfer.digest, None)
+            if self._transfers.get(transfer.digest) is transfer:  # not a retry started meanwhile
+                del self._transfers[transfer.digest]
             transfer.notify()

@@ -118,5 +118,14 @@ class StoreFull(StoreError):
     """No room left under the quota (or on disk) after evicting every evictable blob."""
 
 
+class ChunkLost(StoreError):
+    """A stored chunk did not match its recorded sha256 when read back (the disk rotted, or a
+    write was torn) and was dropped from the store: fetch it again. None of it was served."""
+
+    def __init__(self, message: str, *, index: int) -> None:
+        super().__init__(message)
+        self.index = index
+
+
 class ChunkMismatch(DigestMismatch):
     """One chunk did not hash to the sha256 it was expected to have."""

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import trio
 
-from p2pull.errors import P2pullError
+from p2pull.errors import ChunkLost, P2pullError
 from p2pull.reference import Digest
 from p2pull.store.types import BlobStore, ByteSink, StoredBlob
 
@@ -101,15 +101,33 @@ class Transfer:
         return blob
 
 
-class BlobReader:
-    """Streams a blob (or a range of it) to a sink as chunks become servable."""
+# Tells a reader which transfer to follow instead: ``refetch(None)`` after the store dropped a
+# rotted chunk (the transfer that refills it, or None if the blob is complete again),
+# ``refetch(failed)`` after ``failed`` failed (one from the reader's own ns, or None: give up).
+Refetch = Callable[["Transfer | None"], "Transfer | None"]
+MAX_REFETCHES = 3  # per reader: a store that keeps losing chunks, or ns after ns failing
 
-    def __init__(self, *, blob: StoredBlob, transfer: Transfer | None, store: BlobStore) -> None:
+
+class BlobReader:
+    """Streams a blob (or a range of it) to a sink as chunks become servable. With ``refetch``,
+    a chunk the store finds rotted, or a transfer that fails for another client's ns, does not
+    fail the read: it follows the transfer ``refetch`` names."""
+
+    def __init__(
+        self,
+        *,
+        blob: StoredBlob,
+        transfer: Transfer | None,
+        store: BlobStore,
+        refetch: Refetch | None = None,
+    ) -> None:
         self.blob = blob
         self.digest = blob.digest
         self.size = blob.size
         self.transfer = transfer
         self._store = store
+        self._refetch = refetch
+        self._refetches = 0
 
     @property
     def local(self) -> bool:
@@ -132,7 +150,12 @@ class BlobReader:
             while offset < end:
                 index = offset // blob.chunk_size
                 if self.transfer is not None:
-                    await self.transfer.wait_chunk(index)
+                    try:
+                        await self.transfer.wait_chunk(index)
+                    except P2pullError:
+                        if not self._follow(self.transfer):
+                            raise
+                        continue
                 # with it, every servable chunk right after it: one send for the run (chunks
                 # land out of order, so several are often waiting when the awaited one comes)
                 last = index
@@ -143,7 +166,12 @@ class BlobReader:
                 ):
                     last += 1
                 stop = min(end, sum(blob.chunk_span(last)))
-                await blob.send(sink, offset=offset, length=stop - offset)
+                try:
+                    await blob.send(sink, offset=offset, length=stop - offset)
+                except ChunkLost:  # nothing of the run was sent; the chunk must come again
+                    if not self._follow(None):
+                        raise
+                    continue
                 for i in range(index, last + 1):
                     chunk_offset, chunk_length = blob.chunk_span(i)
                     count = min(stop, chunk_offset + chunk_length) - max(offset, chunk_offset)
@@ -152,3 +180,15 @@ class BlobReader:
                         source = self.transfer.sources.get(i, "local")
                     on_sent(source, count)
                 offset = stop
+
+    def _follow(self, failed: Transfer | None) -> bool:
+        """Switch to the transfer ``refetch`` names instead of ``failed`` (see Refetch); False
+        if there is none to follow."""
+        if self._refetch is None or self._refetches >= MAX_REFETCHES:
+            return False
+        self._refetches += 1
+        transfer = self._refetch(failed)
+        if transfer is None and failed is not None:
+            return False
+        self.transfer = transfer
+        return True

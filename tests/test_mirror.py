@@ -14,8 +14,12 @@ import pytest
 import trio
 
 from p2pull.errors import BlobUnavailable, UpstreamError
+from p2pull.metrics import Metrics
 from p2pull.reference import Digest, ManifestRef
 from p2pull.testing.fakes import FakeBody, MemoryUpstream
+from p2pull.testing.origin import TestOrigin
+from p2pull.upstream.client import RegistrySet
+from p2pull.upstream.endpoints import RetryPolicy, Timeouts
 from p2pull.upstream.types import Manifest
 from tests.mirror_harness import CHUNK, running_mirror
 
@@ -411,3 +415,67 @@ async def test_upstream_failures_reach_the_client_as_a_fixed_text(
     error = response.json()["errors"][0]
     assert error["message"] == BlobUnavailable.public_message
     assert "10.1.2.3" not in response.text and "SSL" not in response.text
+
+
+class HangingRegistry:
+    """A loopback listener that accepts, reads the request, and never answers."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.connected = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._hang, listeners)
+
+    async def _hang(self, stream: trio.SocketStream) -> None:
+        self.connected.set()
+        async with stream:
+            while await stream.receive_some(65536):
+                pass
+
+
+async def test_a_transfer_failing_for_one_ns_is_retried_from_another_clients_ns(
+    tmp_path: Path,
+) -> None:
+    """Single flight is by digest: a request naming a good ns joined the transfer another
+    request started from a hanging host, and got its 502. Now it retries from its own ns."""
+    origin, hanging = TestOrigin(), HangingRegistry()
+    data = blob_bytes(5 * CHUNK + 17)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(origin.run)
+        await nursery.start(hanging.run)
+        digest = origin.add_blob(NAME, data)
+        async with httpx.AsyncClient() as http:
+            upstreams = RegistrySet(
+                http,
+                metrics=Metrics(),
+                upstreams={
+                    "hang.test": f"http://127.0.0.1:{hanging.port}",
+                    "good.test": origin.url,
+                },
+                retry=RetryPolicy(attempts=1),
+                timeouts=Timeouts(connect=2, read=1.0, write=2, pool=2),
+            )
+            async with running_mirror(tmp_path, upstreams) as m:
+                url = f"/v2/{NAME}/blobs/{digest}"
+                first: list[httpx.Response] = []
+
+                async def hang_first() -> None:
+                    first.append(await m.client.get(url, params={"ns": "hang.test"}))
+
+                nursery.start_soon(hang_first)
+                await hanging.connected.wait()
+                assert list(m.blobs.transfers) == [digest]  # the good request joins it
+                started = trio.current_time()
+                good = await m.client.get(url, params={"ns": "good.test"})
+                waited = trio.current_time() - started
+                while not first:  # noqa: ASYNC110 - the other client's request, in the nursery
+                    await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert good.status_code == 200 and good.content == data
+    assert first[0].status_code == 502
+    assert waited < 5
+    assert origin.count(method="GET", contains="/blobs/") == 1
