@@ -138,6 +138,7 @@ class Agent:
         self.store = store
         store.min_free_bytes = config.min_free_disk
         store.on_evict = self.metrics.store_evictions.inc
+        store.on_chunk_lost = self.metrics.store_chunks_lost.inc
         self.download_limit = RateLimiter(config.download_rate)
         self.metrics.store_quota_bytes.set(config.store_quota)
         self.metrics.store_bytes.set_function(lambda: store.used_bytes)

@@ -147,6 +147,12 @@ class Metrics:
         self.store_evictions = Counter(
             "p2pull_store_evictions", "Blobs evicted by the LRU quota", registry=r
         )
+        self.store_chunks_lost = Counter(
+            "p2pull_store_chunks_lost",
+            "Stored chunks that did not match their recorded sha256 when read back (disk rot, "
+            "torn writes): dropped and fetched again",
+            registry=r,
+        )
         self.http_refused = Counter(
             "p2pull_http_refused",
             "Connections an HTTP server ended on its own, by server (mirror, metrics) and reason "

@@ -339,13 +339,68 @@ async def test_wrong_bytes_are_refused_and_not_cached(
     assert not (tmp_path / "blobs" / "sha256" / digest.hex).exists()
 
 
-async def test_partial_blob_resumes_after_restart(tmp_path: Path, upstream: MemoryUpstream) -> None:
+def flip_byte(data_dir: Path, digest: Digest, offset: int) -> None:
+    """One byte of a stored blob rots while the agent is stopped."""
+    path = data_dir / "blobs" / "sha256" / digest.hex / "data"
+    rotten = bytearray(path.read_bytes())
+    rotten[offset] ^= 0x01
+    path.write_bytes(rotten)
+
+
+async def leave_partial(tmp_path: Path, upstream: MemoryUpstream) -> tuple[Digest, bytes]:
+    """A 13-chunk blob whose download broke in chunk 7: chunks 0-6 stay in the store."""
     data = blob_bytes(12 * CHUNK + 99)
     digest = upstream.add_blob(data)
     upstream.truncate_at[digest] = 7 * CHUNK + 10
     async with running_mirror(tmp_path, upstream) as m:
         with pytest.raises(httpx.HTTPError):
             await m.client.get(f"/v2/{NAME}/blobs/{digest}")
+    return digest, data
+
+
+async def test_a_complete_blob_that_rotted_on_disk_is_repaired_not_served(
+    tmp_path: Path, upstream: MemoryUpstream
+) -> None:
+    """One byte flipped in blobs/sha256/<hex>/data while the agent was stopped: it was served
+    with the wrong sha256, twice, nothing logged. Now the chunk fails its check as it is about
+    to be served, is dropped, fetched again (one Range request), and the client gets the blob."""
+    data = blob_bytes(6 * CHUNK + 5)
+    digest = upstream.add_blob(data)
+    async with running_mirror(tmp_path, upstream) as m:
+        assert (await m.client.get(f"/v2/{NAME}/blobs/{digest}")).content == data
+    flip_byte(tmp_path, digest, 3 * CHUNK + 7)
+    upstream.opens.clear()
+    async with running_mirror(tmp_path, upstream) as m:
+        first = await m.client.get(f"/v2/{NAME}/blobs/{digest}")
+        second = await m.client.get(f"/v2/{NAME}/blobs/{digest}")
+        ranged = await m.client.get(
+            f"/v2/{NAME}/blobs/{digest}", headers={"Range": f"bytes={3 * CHUNK}-"}
+        )
+        assert m.store.chunks_lost == 1
+        blob = m.store.lookup(digest)
+        assert blob is not None and blob.complete
+    assert first.content == data and second.content == data
+    assert ranged.content == data[3 * CHUNK :]
+    assert upstream.opens == [(digest, 3 * CHUNK)]
+
+
+async def test_a_rotted_chunk_of_a_partial_blob_is_fetched_again_in_the_same_pull(
+    tmp_path: Path, upstream: MemoryUpstream
+) -> None:
+    """The rotted chunk was detected, but the pull failed once before the next one refetched."""
+    digest, data = await leave_partial(tmp_path, upstream)
+    flip_byte(tmp_path, digest, 2 * CHUNK + 1)
+    upstream.truncate_at.clear()
+    upstream.opens.clear()
+    async with running_mirror(tmp_path, upstream) as m:
+        response = await m.client.get(f"/v2/{NAME}/blobs/{digest}")
+        assert m.store.chunks_lost == 1
+    assert response.status_code == 200 and response.content == data
+    assert sorted(start for _, start in upstream.opens) == [2 * CHUNK, 7 * CHUNK]
+
+
+async def test_partial_blob_resumes_after_restart(tmp_path: Path, upstream: MemoryUpstream) -> None:
+    digest, data = await leave_partial(tmp_path, upstream)
     # A new agent on the same data dir: only the missing range is asked of the upstream.
     upstream.truncate_at.clear()
     upstream.opens.clear()
