@@ -237,7 +237,9 @@ class Agent:
                 member=member,
                 secret=secret,
                 bind_host=config.peer_addr.host,
-                max_chunk_size=max(config.chunk_size, 64 * 1024 * 1024),
+                # Frames after the handshake: one chunk of this size plus a Piece header. A peer's
+                # blob with larger chunks is fetched from elsewhere (p2pull.peer.wire).
+                max_chunk_size=config.chunk_size,
                 upload_slots=config.max_uploads,
                 upload_rate=config.upload_rate,
             ),
