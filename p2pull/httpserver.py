@@ -318,7 +318,9 @@ class HttpServer:
         try:
             path, query = parse_target(target)
         except ValueError:
-            return await self._refuse(conn, stream, "bad_request", 400)
+            return await self._refuse(
+                conn, stream, "bad_request", 400, head=event.method == b"HEAD"
+            )
         request = Request(
             method=event.method.decode("ascii", "replace"),
             target=target,
@@ -341,10 +343,16 @@ class HttpServer:
         return await self._send_response(conn, stream, request, response, sent)
 
     async def _refuse(
-        self, conn: h11.Connection, stream: trio.SocketStream, reason: str, status: int
+        self,
+        conn: h11.Connection,
+        stream: trio.SocketStream,
+        reason: str,
+        status: int,
+        *,
+        head: bool = False,
     ) -> bool:
-        """Answer a request the server will not serve, say why to ``on_refused``; False: the
-        connection ends."""
+        """Answer a request the server will not serve (no body for a HEAD), say why to
+        ``on_refused``; False: the connection ends."""
         self._on_refused(reason)
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return False
@@ -353,7 +361,8 @@ class HttpServer:
         )
         headers = [("content-length", str(len(body))), ("connection", "close")]
         data = conn.send(h11.Response(status_code=status, headers=headers)) or b""
-        data += conn.send(h11.Data(data=body)) or b""
+        if not head:
+            data += conn.send(h11.Data(data=body)) or b""
         data += conn.send(h11.EndOfMessage()) or b""
         with trio.move_on_after(1.0):  # a client that sends nothing may read nothing either
             await stream.send_all(data)

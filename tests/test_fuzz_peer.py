@@ -12,7 +12,7 @@ import secrets
 from pathlib import Path
 
 import trio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.config import AgentConfig, HostPort
@@ -37,17 +37,13 @@ from p2pull.peer.wire import (
     State,
 )
 from tests.fake_peer import RawSession
+from tests.fuzzing import fuzz
 from tests.ports import free_port
 from tests.test_peer_wire import SAMPLES, handshake, make
 
 D = "sha256:" + "cd" * 32
 SECRET = b"a cluster secret for the fuzzing"
-FUZZ = settings(
-    max_examples=200,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+FUZZ = fuzz(200)
 RECEIVE = 64 * 1024  # what one read may bring (the agent reads up to 1 MiB; smaller is stricter)
 
 

@@ -115,6 +115,17 @@ async def test_odd_targets_are_answered_and_the_server_keeps_serving(
     assert running.refused == ([] if status == 200 else ["bad_request"])
 
 
+async def test_a_refused_head_request_gets_a_head_answer() -> None:
+    """Found by the mirror fuzzing: ``HEAD *`` was refused with a body, which h11 (rightly)
+    will not send after a HEAD: 500 and a traceback."""
+    with trio.fail_after(DEADLINE):
+        async with serving() as running:
+            response = await exchange(running.port, b"HEAD * HTTP/1.0\r\n\r\n", wait=1)
+            await still_serves(running.port)
+    assert status_of(response) == 400 and response.endswith(b"\r\n\r\n")
+    assert running.refused == ["bad_request"]
+
+
 async def failing_handler(request: Request) -> Response:
     if request.path == "/alive":
         return await ok_handler(request)
