@@ -9,10 +9,12 @@ cleanly.
 Nothing a connection does leaves its task: a malformed request is answered 4xx, an unexpected
 exception anywhere (handler, parsing, sending) is logged and answered 500 if no byte of the
 response went out yet, else the connection is reset; the server keeps serving. What one client
-can hold is bounded (:class:`ServerLimits`): connections (over the cap: 503 and close), the
-time to send a whole request (not per receive: a client dripping a byte now and then is cut
-off), the idle time between requests, the size of a request head, and how long the client
-may stall while a response is sent.
+can hold is bounded (:class:`ServerLimits`): connections (at the cap, a new one closes the
+connection that has waited longest for a request, so clients holding connections open cannot
+lock others out; if every connection is busy with a response, the new one gets 503 and is
+closed), the time to send a whole request (not per receive: a client dripping a byte now and
+then is cut off), the idle time between requests, the size of an unfinished request head, and
+how long the client may stall while a response is sent.
 """
 
 from __future__ import annotations
@@ -198,7 +200,8 @@ class _Timeout(Exception):
 class HttpServer:
     """Serves ``handler`` on one TCP address. ``run`` reports the bound port via task_status.
 
-    ``on_refused(reason)`` is told of each connection the server ends on its own: ``over_cap``,
+    ``on_refused(reason)`` is told of each connection the server ends on its own: ``over_cap``
+    (503: every connection busy), ``evicted`` (closed at the cap, waiting for a request),
     ``timeout`` (request not received in time), ``bad_request``, ``error`` (an unexpected
     exception; logged with its traceback).
     """
@@ -222,6 +225,7 @@ class HttpServer:
         self._limits = limits
         self._on_refused = on_refused
         self.connections = 0  # open now
+        self._waiting: dict[_Slot, None] = {}  # connections waiting for a request, oldest first
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(self._port, host=self._host, backlog=1024)
@@ -230,7 +234,7 @@ class HttpServer:
         await trio.serve_listeners(self._serve_connection, listeners)
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        if self.connections >= self._limits.max_connections:
+        if self.connections >= self._limits.max_connections and not self._evict_waiting():
             self._on_refused("over_cap")
             with trio.move_on_after(1.0), contextlib.suppress(trio.BrokenResourceError, OSError):
                 await stream.send_all(OVER_CAPACITY)
@@ -238,19 +242,34 @@ class HttpServer:
             await trio.aclose_forcefully(stream)
             return
         self.connections += 1
+        slot = _Slot()
         try:
-            async with stream:
-                await self._serve_guarded(stream)
+            with slot.scope:
+                async with stream:
+                    await self._serve_guarded(stream, slot)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
             self.connections -= 1
+            self._waiting.pop(slot, None)
 
-    async def _serve_guarded(self, stream: trio.SocketStream) -> None:
+    def _evict_waiting(self) -> bool:
+        """At the cap: close the connection that has waited longest for a request (a kept-alive
+        idle one, or one whose head is still coming: cheap for an honest client to open again,
+        and what a client holding connections open has most of), so that a new client is served
+        rather than refused. False if every connection is busy with a response."""
+        if not self._waiting:
+            return False
+        oldest = next(iter(self._waiting))
+        del self._waiting[oldest]
+        oldest.scope.cancel()
+        self._on_refused("evicted")
+        return True
+
+    async def _serve_guarded(self, stream: trio.SocketStream, sent: _Slot) -> None:
         """Serve requests until the connection ends; nothing raised here leaves the task."""
         peer = _peer(stream)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._limits.max_head_bytes)
-        sent = _Progress()
         first = True
         try:
             while await self._serve_one(conn, stream, peer, sent, first=first):
@@ -302,16 +321,19 @@ class HttpServer:
         conn: h11.Connection,
         stream: trio.SocketStream,
         peer: str,
-        sent: _Progress,
+        sent: _Slot,
         *,
         first: bool,
     ) -> bool:
+        self._waiting[sent] = None  # evictable while no request is being served
         try:
             event = await self._next_request(conn, stream, first=first)
         except h11.RemoteProtocolError as exc:
             return await self._refuse(conn, stream, "bad_request", exc.error_status_hint)
         except _Timeout:
             return await self._refuse(conn, stream, "timeout", 408)
+        finally:
+            self._waiting.pop(sent, None)
         if event is None:
             return False
         target = event.target.decode("ascii", "replace")
@@ -374,7 +396,7 @@ class HttpServer:
         stream: trio.SocketStream,
         request: Request,
         response: Response,
-        sent: _Progress,
+        sent: _Slot,
     ) -> bool:
         stall = self._limits.send_stall_timeout
         body = response.body
@@ -417,10 +439,12 @@ class HttpServer:
         return conn.our_state is h11.DONE and conn.their_state is h11.DONE
 
 
-@dataclass(slots=True)
-class _Progress:
-    """Whether any byte of the current response was handed to the socket."""
+@dataclass(slots=True, eq=False)
+class _Slot:
+    """One connection: its cancel scope (an eviction cancels it), and whether any byte of the
+    current response was handed to the socket."""
 
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     started: bool = False
 
 
