@@ -45,6 +45,7 @@ COALESCE_MAX = 64 * 1024  # small frames queued together go out in one send, up 
 WRITE_STALL = 30.0
 WRITE_MIN_RATE = 64 * 1024  # bytes per second
 SEND_BUFFER_ALLOWANCE = 4 * 1024 * 1024  # what the kernel may still hold ahead of the frame
+MAX_INBOUND_HANDSHAKES = 128  # unauthenticated inbound connections at once; more are closed
 
 
 Outgoing: TypeAlias = bytes | FileRegion
@@ -240,6 +241,7 @@ class PeerPool:
         connect_timeout: float = 5.0,
         handshake_timeout: float = 10.0,
         max_frame: int,
+        max_handshakes: int = MAX_INBOUND_HANDSHAKES,
     ) -> None:
         self.node_id = node_id
         self.listen_port = listen_port
@@ -249,6 +251,8 @@ class PeerPool:
         self._connect_timeout = connect_timeout
         self._handshake_timeout = handshake_timeout
         self._max_frame = max_frame
+        self._max_handshakes = max_handshakes
+        self._handshaking = 0  # inbound connections not authenticated yet
         self.links: dict[str, PeerLink] = {}
         self._all_links: dict[str, set[PeerLink]] = {}
         self._dialing: dict[str, trio.Event] = {}
@@ -287,13 +291,20 @@ class PeerPool:
 
     async def accept(self, stream: trio.SocketStream) -> None:
         """Handler for the peer listener: handshake, then run the link here until it closes
-        (trio closes the stream when this handler returns)."""
+        (trio closes the stream when this handler returns). Strangers cost at most
+        ``max_handshakes`` connections at once, each for the handshake timeout."""
+        if self._handshaking >= self._max_handshakes:
+            await trio.aclose_forcefully(stream)
+            return
+        self._handshaking += 1
         try:
             link = await self._establish(stream, expect=None, run_here=True)
         except (P2pullError, OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             log.info("refused an inbound peer connection: %s", exc)
             await trio.aclose_forcefully(stream)
             return
+        finally:
+            self._handshaking -= 1
         await self._run_link(link)
 
     async def _establish(
