@@ -384,6 +384,20 @@ async def test_a_complete_blob_that_rotted_on_disk_is_repaired_not_served(
     assert upstream.opens == [(digest, 3 * CHUNK)]
 
 
+async def test_a_stored_manifest_that_rotted_is_fetched_again(
+    tmp_path: Path, upstream: MemoryUpstream
+) -> None:
+    body = b'{"schemaVersion":2,"layers":[]}'
+    digest = upstream.add_manifest(NAME, "v1", body, MANIFEST_TYPE)
+    async with running_mirror(tmp_path, upstream) as m:
+        assert (await m.client.get(f"/v2/{NAME}/manifests/{digest}")).content == body
+    flip_byte(tmp_path, digest, 3)
+    async with running_mirror(tmp_path, upstream) as m:
+        again = await m.client.get(f"/v2/{NAME}/manifests/{digest}")
+        assert m.store.chunks_lost == 1
+    assert again.status_code == 200 and again.content == body
+
+
 async def test_a_rotted_chunk_of_a_partial_blob_is_fetched_again_in_the_same_pull(
     tmp_path: Path, upstream: MemoryUpstream
 ) -> None:
