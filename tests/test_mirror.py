@@ -21,6 +21,7 @@ from p2pull.testing.origin import TestOrigin
 from p2pull.upstream.client import RegistrySet
 from p2pull.upstream.endpoints import RetryPolicy, Timeouts
 from p2pull.upstream.types import Manifest
+from tests.listeners import Listener
 from tests.mirror_harness import CHUNK, running_mirror
 
 NAME = "team/app"
@@ -486,32 +487,12 @@ async def test_upstream_failures_reach_the_client_as_a_fixed_text(
     assert "10.1.2.3" not in response.text and "SSL" not in response.text
 
 
-class HangingRegistry:
-    """A loopback listener that accepts, reads the request, and never answers."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self.connected = trio.Event()
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started()
-        await trio.serve_listeners(self._hang, listeners)
-
-    async def _hang(self, stream: trio.SocketStream) -> None:
-        self.connected.set()
-        async with stream:
-            while await stream.receive_some(65536):
-                pass
-
-
 async def test_a_transfer_failing_for_one_ns_is_retried_from_another_clients_ns(
     tmp_path: Path,
 ) -> None:
     """Single flight is by digest: a request naming a good ns joined the transfer another
     request started from a hanging host, and got its 502. Now it retries from its own ns."""
-    origin, hanging = TestOrigin(), HangingRegistry()
+    origin, hanging = TestOrigin(), Listener(answer=None)  # accepts, never answers
     data = blob_bytes(5 * CHUNK + 17)
     async with trio.open_nursery() as nursery:
         await nursery.start(origin.run)

@@ -24,6 +24,7 @@ from p2pull.testing.origin import TestOrigin
 from p2pull.upstream.addresses import REASONS, AddressPolicy, address_refusal
 from p2pull.upstream.endpoints import listed_origins
 from p2pull.upstream.guard import GuardedBackend, guarded_transport
+from tests.listeners import Listener
 
 DEADLINE = 10
 LIMITS = httpx.Limits(max_connections=4)
@@ -104,26 +105,6 @@ def test_every_address_gets_an_answer_in_the_reasons(address: ipaddress._BaseAdd
 
 
 # -- the guarded transport, connecting ----------------------------------------------------------
-
-
-class Listener:
-    """A loopback TCP listener that counts connections and answers each with a tiny 200."""
-
-    def __init__(self) -> None:
-        self.accepted = 0
-        self.port = 0
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started()
-        await trio.serve_listeners(self._serve, listeners)
-
-    async def _serve(self, stream: trio.SocketStream) -> None:
-        self.accepted += 1
-        async with stream:
-            await stream.receive_some(65536)
-            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
 
 
 def client(policy: AddressPolicy, refused: list[str]) -> httpx.AsyncClient:
@@ -225,7 +206,7 @@ async def test_the_connection_goes_to_the_checked_addresses_not_the_name() -> No
 
 
 async def test_unix_sockets_are_refused() -> None:
-    with pytest.raises(UpstreamRefused):
+    with trio.fail_after(DEADLINE), pytest.raises(UpstreamRefused):
         await GuardedBackend(AddressPolicy()).connect_unix_socket("/run/docker.sock")
 
 
