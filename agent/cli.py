@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -21,15 +22,21 @@ log = logging.getLogger("p2pull")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="p2pull", description="Peer-to-peer layer distribution agent for containerd."
+        prog="p2pull",
+        description="Peer-to-peer layer distribution agent for containerd.",
+        allow_abbrev=False,  # `--mirror` must not silently mean `--mirror-addr`
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    agent = commands.add_parser("agent", help="run the node agent (registry mirror)")
+    agent = commands.add_parser(
+        "agent", help="run the node agent (registry mirror)", allow_abbrev=False
+    )
     add_agent_arguments(agent, os.environ)
 
     cfg = commands.add_parser(
-        "containerd-config", help="write containerd hosts.toml files that use the agent as mirror"
+        "containerd-config",
+        help="write containerd hosts.toml files that use the agent as mirror",
+        allow_abbrev=False,
     )
     cfg.add_argument(
         "--mirror",
@@ -60,16 +67,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_admin_commands(commands)
 
-    demo = commands.add_parser("demo", help="a local pull storm on loopback")
-    demo.add_argument("--nodes", type=int, default=4, help="agents on loopback")
-    demo.add_argument("--clients", type=int, default=2, help="simultaneous pulls per node")
+    demo = commands.add_parser("demo", help="a local pull storm on loopback", allow_abbrev=False)
+    demo.add_argument("--nodes", type=_count(1, 64), default=4, help="agents on loopback (1-64)")
+    demo.add_argument(
+        "--clients", type=_count(1, 64), default=2, help="simultaneous pulls per node (1-64)"
+    )
     demo.add_argument("--size", default="256MiB", help="image size (split over its layers)")
-    demo.add_argument("--layers", type=int, default=4, help="number of layers")
+    demo.add_argument("--layers", type=_count(1, 128), default=4, help="number of layers (1-128)")
     demo.add_argument(
         "--rate", default="100MiB", help="origin rate per stream, per second (0: none)"
     )
     demo.add_argument("--data-dir", default=None, help="store directory (default: a temp dir)")
     return parser
+
+
+def _count(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number within [low, high]."""
+
+    def parse(text: str) -> int:
+        if not text.strip().isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number {low}-{high}, got {text!r}")
+        return int(text)
+
+    return parse
 
 
 def _run_containerd_config(args: argparse.Namespace) -> int:
@@ -100,7 +120,7 @@ def _run_containerd_config(args: argparse.Namespace) -> int:
 async def _run_agent(args: argparse.Namespace) -> None:
     from agent.service import Agent
 
-    config = config_from_args(args)
+    config = config_from_args(args, os.environ)
     setup_logging(level=config.log_level, fmt=config.log_format)
     agent = Agent(config)
     async with trio.open_nursery() as nursery:
@@ -128,9 +148,6 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(error, ConfigError | P2pullError):
             print(f"p2pull {args.command}: {error}", file=sys.stderr)
             return 2
-        if isinstance(error, OSError) and error.errno is not None:
-            print(f"p2pull {args.command}: {error} (is another agent running?)", file=sys.stderr)
-            return 1
         if isinstance(error, KeyboardInterrupt):
             return 130
         raise

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from agent.config import AgentConfig, HostPort, parse_size
+from agent.config import AgentConfig, ConfigError, HostPort, parse_size
 from agent.service import Agent, free_ports
 from p2pull.imageref import ImageRef
 from p2pull.imagewalk import fetch_blob, resolve
@@ -58,9 +58,8 @@ def make_layers(size: int, count: int, *, seed: int) -> list[bytes]:
 async def run_demo(args: argparse.Namespace) -> int:
     nodes_count, clients = args.nodes, args.clients
     size = parse_size(args.size)
-    if nodes_count < 1 or clients < 1 or not 0 < size <= 8 << 30:
-        print("demo: --nodes and --clients must be >= 1 and --size within 1B..8GiB")
-        return 2
+    if not args.layers <= size <= 8 << 30:
+        raise ConfigError(f"--size: expected {args.layers}B (one byte per layer) to 8GiB")
     workdir = (
         Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="p2pull-demo-"))
     )
@@ -93,6 +92,7 @@ async def run_demo(args: argparse.Namespace) -> int:
                     discovery="static",
                     cluster_secret=secret,
                     log_level="WARNING",
+                    containerd_config="off",  # loopback agents: no containerd pulls through them
                 )
                 node = Node(index, Agent(config))
                 ports = await nursery.start(node.agent.run)

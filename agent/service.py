@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import socket
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import prometheus_client
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agent.config import AgentConfig, ConfigError, HostPort
 from p2pull.admin import Admin
 from p2pull.blobs import BlobService
+from p2pull.containerd_check import ContainerdCheck, State, inspect
 from p2pull.discovery.dns import DnsDiscovery
 from p2pull.discovery.mdns import MdnsDiscovery
 from p2pull.discovery.static import StaticDiscovery
 from p2pull.httpserver import Handler, HttpServer, Request, Response, ServerLimits
+from p2pull.imagewalk import PREFETCH_HEADER
 from p2pull.manifests import ManifestService
 from p2pull.membership import Member, Membership
 from p2pull.metrics import Metrics
@@ -45,6 +49,45 @@ def tune_httpcore() -> None:
     import httpcore._async.http11 as http11
 
     http11.AsyncHTTP11Connection.READ_NUM_BYTES = UPSTREAM_READ_BYTES
+
+
+def tune_prometheus() -> None:
+    """No ``*_created`` series: one extra series per counter and histogram child that no
+    dashboard or rule reads. A process-wide switch of prometheus_client, hence set here."""
+    prometheus_client.disable_created_metrics()
+
+
+HEALTH_PATHS = ("/metrics", "/healthz", "/readyz")
+
+
+def listen_error(flag: str, addr: HostPort, exc: OSError) -> ConfigError:
+    """A listener that cannot bind, said with the flag and address and what to do."""
+    if exc.errno == errno.EADDRINUSE:
+        hint = (
+            f"something else listens on port {addr.port} "
+            f"(`ss -ltnp 'sport = :{addr.port}'` shows what)"
+        )
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        hint = f"this host has no address {addr.host}"
+    elif exc.errno == errno.EACCES:
+        hint = f"port {addr.port} needs privileges this process lacks"
+    else:
+        hint = exc.strerror or str(exc)
+    return ConfigError(f"{flag} {addr}: cannot listen: {hint}")
+
+
+async def start_listener(
+    nursery: trio.Nursery,
+    run: Callable[..., Awaitable[object]],
+    *,
+    flag: str,
+    addr: HostPort,
+) -> int:
+    try:
+        port: int = await nursery.start(run)
+    except OSError as exc:
+        raise listen_error(flag, addr, exc) from exc
+    return port
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,17 +164,24 @@ class Agent:
         self.store: DiskStore | None = None
         self.membership: Membership | None = None
         self.node: SwarmNode | None = None
+        self.containerd: ContainerdCheck | None = None
 
     async def run(
         self, *, task_status: trio.TaskStatus[AgentPorts] = trio.TASK_STATUS_IGNORED
     ) -> None:
         config = self.config
         tune_httpcore()
+        tune_prometheus()
         secret = config.cluster_secret
         if secret is None and config.cluster_secret_file is not None:
             secret = read_secret(config.cluster_secret_file)
-        if secret is None:
-            log.warning("no cluster secret: peer exchange is off, this node pulls alone")
+        if secret is None and not config.standalone:
+            raise ConfigError(
+                "no cluster secret: peers cannot authenticate, so this node would pull alone; "
+                "give it one (--cluster-secret-file) or run it with --standalone"
+            )
+        if config.standalone:
+            log.info("standalone: no swarm, this node pulls every blob from the origin")
         store = await DiskStore.load(
             config.data_dir, chunk_size=config.chunk_size, quota_bytes=config.store_quota
         )
@@ -143,6 +193,7 @@ class Agent:
         self.metrics.store_quota_bytes.set(config.store_quota)
         self.metrics.store_bytes.set_function(lambda: store.used_bytes)
         credentials = Credentials.load(config.credentials_file) if config.credentials_file else None
+        await self._check_containerd()
         # Only the registries the operator listed may be on loopback, link-local or metadata
         # addresses; any other host a client's ns (or a redirect) names is checked when it is
         # connected to (p2pull.upstream.addresses).
@@ -178,24 +229,43 @@ class Agent:
                 metrics=self.metrics,
                 node=lambda: self.node,
                 membership=lambda: self.membership,
+                containerd=self._containerd_status,
             )
             mirror = Mirror(
                 blobs=blobs, manifests=manifests, metrics=self.metrics, admin=admin.handle
             )
+
+            async def serve_mirror(request: Request) -> Response:
+                response = await mirror.handle(request)
+                if (
+                    response.status < 300
+                    and request.path.startswith("/v2/")
+                    and request.path != "/v2/"
+                    and request.header(PREFETCH_HEADER) is None
+                ):
+                    self.metrics.mirror_last_success.set_to_current_time()
+                return response
+
             async with trio.open_nursery() as nursery:
                 await nursery.start(blobs.run)
                 peer_port = None
                 if secret is not None:
                     peer_port = await self._start_swarm(nursery, secret, store, blobs)
-                mirror_port = await nursery.start(
+                mirror_port = await start_listener(
+                    nursery,
                     self._http_server(
-                        "mirror", mirror.handle, config.mirror_addr, config.mirror_max_connections
-                    ).run
+                        "mirror", serve_mirror, config.mirror_addr, config.mirror_max_connections
+                    ).run,
+                    flag="--mirror-addr",
+                    addr=config.mirror_addr,
                 )
-                metrics_port = await nursery.start(
+                metrics_port = await start_listener(
+                    nursery,
                     self._http_server(
-                        "metrics", self._admin, config.metrics_addr, config.metrics_max_connections
-                    ).run
+                        "metrics", self._health, config.metrics_addr, config.metrics_max_connections
+                    ).run,
+                    flag="--metrics-addr",
+                    addr=config.metrics_addr,
                 )
                 self.ready = True
                 log.info(
@@ -249,7 +319,9 @@ class Agent:
             blobs=blobs,
             metrics=self.metrics,
         )
-        bound = await nursery.start(node.run)
+        bound = await start_listener(
+            nursery, node.run, flag="--peer-addr", addr=HostPort(config.peer_addr.host, port)
+        )
         blobs.swarm = node
         self.node = node
         discovery: StaticDiscovery | MdnsDiscovery | DnsDiscovery
@@ -264,15 +336,48 @@ class Agent:
         log.info("swarm on", extra={"node_id": member.node_id, "discovery": config.discovery})
         return int(bound)
 
-    async def _admin(self, request: Request) -> Response:
+    async def _check_containerd(self) -> None:
+        check = await inspect(self.config.containerd_config)
+        self.containerd = check
+        self.metrics.set_containerd_state(check.state.value)
+        where = {"source": check.source, "config_path": check.config_path}
+        if check.state in (State.OK, State.OFF):
+            log.info("containerd config: %s", check.state.value, extra=where)
+        else:
+            log.error(
+                "containerd will not use this agent as its mirror (%s): %s",
+                check.state.value,
+                check.detail,
+                extra=where,
+            )
+
+    def _containerd_status(self) -> dict[str, object]:
+        check = self.containerd
+        last = self.metrics.registry.get_sample_value(
+            "p2pull_mirror_last_success_timestamp_seconds"
+        )
+        return {
+            "state": check.state.value if check else None,
+            "source": check.source if check else None,
+            "config_path": check.config_path if check else None,
+            "detail": check.detail if check else "",
+            "last_mirror_success": last or None,
+        }
+
+    async def _health(self, request: Request) -> Response:
+        """The metrics port: three read-only paths and nothing else (docs/security.md). The
+        admin API and the mirror's routes are on the mirror listener only."""
+        text = [("content-type", "text/plain")]
+        if request.path not in HEALTH_PATHS:
+            return Response(404, text, b"not found\n")
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, [*text, ("allow", "GET, HEAD")], b"method not allowed\n")
         if request.path == "/metrics":
             return Response(
                 200, [("content-type", CONTENT_TYPE_LATEST)], generate_latest(self.metrics.registry)
             )
         if request.path == "/healthz":
-            return Response(200, [("content-type", "text/plain")], b"ok\n")
-        if request.path == "/readyz":
-            if self.ready:
-                return Response(200, [("content-type", "text/plain")], b"ready\n")
-            return Response(503, [("content-type", "text/plain")], b"starting\n")
-        return Response(404, [("content-type", "text/plain")], b"not found\n")
+            return Response(200, text, b"ok\n")
+        if self.ready:
+            return Response(200, text, b"ready\n")
+        return Response(503, text, b"starting\n")

@@ -192,6 +192,9 @@ async def start_agents(
             "--upstream", f"{origin.netloc}={origin.info['url']}",
             "--log-level", "INFO", "--log-format", "text",
         ]  # fmt: skip
+        command += ["--check-containerd", "off"]
+        if not swarm:
+            command += ["--standalone"]
         if swarm:
             command += [
                 "--peer-addr", f"127.0.0.1:{peer}", "--advertise-addr", "127.0.0.1",

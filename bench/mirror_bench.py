@@ -1,4 +1,4 @@
-"""Single-node mirror benchmark (issue #2): run as root on an idle-ish machine.
+"""Single-node mirror benchmark: run as root on an idle-ish machine.
 
     python3 bench/mirror_bench.py [--cached-size 512MiB] [--rss-size 2GiB] [--rounds 5]
 
@@ -136,6 +136,7 @@ class AgentProcess:
                 "-m",
                 "agent",
                 "agent",
+                "--standalone",
                 "--mirror-addr",
                 f"127.0.0.1:{self.port}",
                 "--metrics-addr",

@@ -1,4 +1,4 @@
-"""Swarm benchmark (the issue's pull storm): N shaped nodes pull the same content at once.
+"""Pull-storm benchmark: N shaped nodes pull the same content at once.
 
     python3 bench/swarm_bench.py --nodes 8 --rate-mbit 200 --size 128MiB [--layers 1] \
         [--rtt-ms 0] [--strategy direct,central,bittorrent,p2pull,floor] \

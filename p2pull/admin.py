@@ -49,12 +49,14 @@ class Admin:
         metrics: Metrics,
         node: Callable[[], SwarmNode | None] = lambda: None,
         membership: Callable[[], Membership | None] = lambda: None,
+        containerd: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self._store = store
         self._blobs = blobs
         self._metrics = metrics
         self._node = node
         self._membership = membership
+        self._containerd = containerd
 
     async def handle(self, request: Request) -> Response:
         if not _is_loopback(request.peer):
@@ -168,16 +170,16 @@ class Admin:
                 )
         swarms = []
         if node is not None:
-            for digest, swarm in node.swarms.items():
-                blob = swarm.transfer.blob
+            for snapshot in node.snapshots():
                 swarms.append(
                     {
-                        "digest": str(digest),
-                        "role": swarm.role.value,
-                        "seed": swarm.seed_id,
-                        "chunks": blob.bitfield.length if blob else None,
-                        "have": blob.bitfield.count if blob else 0,
-                        "peers": len(swarm.peer_bits),
+                        "digest": snapshot.digest,
+                        "role": "seed" if snapshot.seeding else "leech",
+                        "phase": snapshot.phase.value,
+                        "seed": snapshot.seed,
+                        "chunks": snapshot.chunks or None,
+                        "have": snapshot.held,
+                        "peers": snapshot.peers,
                     }
                 )
         digests = self._store.digests()
@@ -196,6 +198,8 @@ class Admin:
                 "quota": getattr(self._store, "quota_bytes", 0),
             },
             "served_bytes": served,
+            # what containerd's config says about using this agent, and when it last did
+            "containerd": self._containerd(),
             # bytes served that did not come from the origin, and the part that came from peers
             "hit_ratio": 1 - served["origin"] / total if total else None,
             "peer_ratio": served["peer"] / total if total else None,

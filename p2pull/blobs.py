@@ -176,7 +176,7 @@ class BlobService:
             if self.swarm is not None:
                 await self.swarm.download(transfer, origin=self.origin)
             else:
-                with self._metrics.origin_fetch(transfer.digest.hex):
+                with self._metrics.origin_fetchers.track_inprogress():
                     await self.origin.fetch(transfer)
             blob = transfer.blob
             assert blob is not None

@@ -32,6 +32,11 @@ ACCEPT = ", ".join(
 )
 
 
+# Sent by `p2pull prefetch` on every request: the agent counts those blob bytes apart from what
+# clients pull (p2pull_prefetched_bytes_total), so prefetching does not read as peer hits.
+PREFETCH_HEADER = "p2pull-prefetch"
+
+
 class ImageError(P2pullError):
     """The image could not be resolved through the mirror (the message says where it failed)."""
 
@@ -52,6 +57,25 @@ class ResolvedImage:
         return sum(blob.size for blob in self.blobs)
 
 
+def refusal(response: httpx.Response) -> str:
+    """``HTTP <status>`` and the reason the agent gave: the message of an OCI error body
+    (``{"errors": [{"code": …, "message": …}]}``, which carries the upstream's reason), or an
+    admin answer's ``error``."""
+    text = f"HTTP {response.status_code}"
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        return text
+    reasons: list[str] = []
+    if isinstance(body, dict) and isinstance(body.get("errors"), list):
+        for error in body["errors"]:
+            if isinstance(error, dict):
+                reasons.append(f"{error.get('code', '?')}: {error.get('message', '')}".strip())
+    elif isinstance(body, dict) and isinstance(body.get("error"), str):
+        reasons.append(body["error"])
+    return f"{text} ({'; '.join(reasons)[:500]})" if reasons else text
+
+
 def _url(mirror: str, ref: ImageRef, kind: str, reference: str) -> str:
     return f"{mirror}/v2/{ref.name}/{kind}/{reference}?ns={quote(ref.registry, safe='')}"
 
@@ -63,7 +87,7 @@ async def _manifest(
         _url(mirror, ref, "manifests", reference), headers={"Accept": ACCEPT}
     )
     if response.status_code != 200:
-        raise ImageError(f"{ref}: manifest {reference}: HTTP {response.status_code}")
+        raise ImageError(f"{ref}: manifest {reference}: {refusal(response)}")
     digest = Digest.of(response.content)
     if reference.startswith("sha256:") and str(digest) != reference:
         raise DigestMismatch(f"{ref}: manifest bytes do not match {reference}")
@@ -113,7 +137,8 @@ async def fetch_blob(
     hasher = hashlib.sha256()
     async with client.stream("GET", _url(mirror, ref, "blobs", str(blob.digest))) as response:
         if response.status_code != 200:
-            raise ImageError(f"{ref}: blob {blob.digest}: HTTP {response.status_code}")
+            await response.aread()
+            raise ImageError(f"{ref}: blob {blob.digest}: {refusal(response)}")
         async for piece in response.aiter_raw():
             hasher.update(piece)
             on_bytes(len(piece))

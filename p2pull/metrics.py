@@ -1,24 +1,62 @@
 """All p2pull metrics, created on an injected CollectorRegistry (no process-wide registry).
 
 Names follow ``p2pull_<subject>_<unit>[_total]``; label values are bounded (sources, kinds,
-methods) and never a raw digest.
+methods, states) and never a digest: every blob would leave a series of its own behind.
+The process collector (``process_resident_memory_bytes``, ``process_cpu_seconds_total``, open
+file descriptors) is on the same registry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import platform
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+from p2pull import __version__
 
 SOURCES = ("local", "peer", "origin")
-MAX_BLOB_LABELS = 64  # per node; more concurrent origin fetches share the label "_other"
+CONTAINERD_STATES = (
+    "ok",
+    "config_path_unset",
+    "transfer_service",
+    "unreadable",
+    "not_found",
+    "off",
+)
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
+        ProcessCollector(registry=r)
+        self.build_info = Gauge(
+            "p2pull_build_info",
+            "Always 1; the labels say which p2pull and Python this agent runs",
+            ["version", "python"],
+            registry=r,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        self.containerd_config = Gauge(
+            "p2pull_containerd_config",
+            "1 for the state of containerd's registry configuration found at start (ok: "
+            "config_path is set, so containerd reads the hosts.toml files that name the agent)",
+            ["state"],
+            registry=r,
+        )
+        self.mirror_last_success = Gauge(
+            "p2pull_mirror_last_success_timestamp_seconds",
+            "Unix time of the last manifest or blob request a client (containerd) got a 2xx "
+            "answer for; 0: none since the agent started",
+            registry=r,
+        )
+        self.prefetched_bytes = Counter(
+            "p2pull_prefetched_bytes",
+            "Blob bytes read by `p2pull prefetch` through the mirror, by where the agent got "
+            "them (not counted in p2pull_served_bytes_total)",
+            ["source"],
+            registry=r,
+        )
         self.served_bytes = Counter(
             "p2pull_served_bytes",
             "Blob bytes sent to local clients, by where the agent got them",
@@ -134,14 +172,9 @@ class Metrics:
         )
         self.peers_known = Gauge(
             "p2pull_peers_known",
-            "Live members of the cluster this node knows, itself included",
-            registry=r,
-        )
-        self.origin_fetch_active = Gauge(
-            "p2pull_origin_fetch_active",
-            "1 while this node downloads the blob from the origin (blob: the first 16 hex digits "
-            f"of its digest; beyond {MAX_BLOB_LABELS} blobs at once: _other)",
-            ["blob"],
+            "Members in this node's live view of the cluster, itself included (discovered and "
+            "not suspected): the number of nodes when discovery works, 1 when it finds nobody, "
+            "0 with the swarm off (--standalone)",
             registry=r,
         )
         self.store_evictions = Counter(
@@ -163,23 +196,10 @@ class Metrics:
         for source in SOURCES:  # the series exist at 0 before the first byte
             self.served_bytes.labels(source)
             self.fetched_bytes.labels(source)
-        self._blob_labels: dict[str, int] = {}
+            self.prefetched_bytes.labels(source)
+        for state in CONTAINERD_STATES:
+            self.containerd_config.labels(state)
 
-    @contextmanager
-    def origin_fetch(self, digest_hex: str) -> Iterator[None]:
-        """Count one origin download of a blob, in both the total and the per-blob gauge."""
-        label = digest_hex[:16]
-        if label not in self._blob_labels and len(self._blob_labels) >= MAX_BLOB_LABELS:
-            label = "_other"
-        self._blob_labels[label] = self._blob_labels.get(label, 0) + 1
-        self.origin_fetch_active.labels(label).inc()
-        try:
-            with self.origin_fetchers.track_inprogress():
-                yield
-        finally:
-            self._blob_labels[label] -= 1
-            if self._blob_labels[label]:
-                self.origin_fetch_active.labels(label).dec()
-            else:
-                del self._blob_labels[label]
-                self.origin_fetch_active.remove(label)
+    def set_containerd_state(self, state: str) -> None:
+        for known in CONTAINERD_STATES:
+            self.containerd_config.labels(known).set(1 if known == state else 0)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from p2pull.blobs import BlobReader, BlobService
 from p2pull.errors import P2pullError, RangeNotSatisfiable, StoreFull
 from p2pull.httpserver import BodySink, Request, Response
+from p2pull.imagewalk import PREFETCH_HEADER
 from p2pull.manifests import ManifestService
 from p2pull.metrics import Metrics
 from p2pull.passthrough import PassThroughReader
@@ -59,16 +60,19 @@ class _BlobBody:
     offset: int
     metrics: Metrics
     received: float  # when the request arrived: time to first byte is measured from it
+    prefetch: bool = False  # read by `p2pull prefetch`, not by a client: counted apart
 
     async def send(self, sink: BodySink) -> None:
         by_source: dict[str, int] = {}
         started = time.perf_counter()
         outcome = "error"
 
+        counter = self.metrics.prefetched_bytes if self.prefetch else self.metrics.served_bytes
+
         def count(source: str, sent: int) -> None:
-            if not by_source:
+            if not by_source and not self.prefetch:
                 self.metrics.first_byte.observe(time.perf_counter() - self.received)
-            self.metrics.served_bytes.labels(source).inc(sent)
+            counter.labels(source).inc(sent)
             by_source[source] = by_source.get(source, 0) + sent
 
         try:
@@ -216,12 +220,15 @@ class Mirror:
         reader = await self._blobs.open(ns, name, digest)
         byte_range = parse_range(range_header, size=reader.size)
         partial = byte_range is not None and byte_range.length != reader.size
+        prefetch = request.header(PREFETCH_HEADER) is not None
         if isinstance(reader, PassThroughReader) and partial:
             raise StoreFull(f"{digest}: the store is full and a range cannot be verified")
         if byte_range is None:
             headers = self._blob_headers(digest, reader.size, reader.size)
             return Response(
-                200, headers, _BlobBody(reader.size, reader, 0, self._metrics, request.received)
+                200,
+                headers,
+                _BlobBody(reader.size, reader, 0, self._metrics, request.received, prefetch),
             )
         headers = self._blob_headers(digest, byte_range.length, reader.size)
         headers.append(
@@ -230,7 +237,14 @@ class Mirror:
         return Response(
             206,
             headers,
-            _BlobBody(byte_range.length, reader, byte_range.start, self._metrics, request.received),
+            _BlobBody(
+                byte_range.length,
+                reader,
+                byte_range.start,
+                self._metrics,
+                request.received,
+                prefetch,
+            ),
         )
 
     @staticmethod

@@ -28,10 +28,17 @@ class FileRegion:
 
 
 async def sendfile_all(
-    stream: trio.SocketStream, region: FileRegion, *, stall: float = math.inf
+    stream: trio.abc.Stream, region: FileRegion, *, stall: float = math.inf
 ) -> None:
     """All of ``region`` to ``stream``; BrokenResourceError if the peer went away, took no byte
-    for ``stall`` seconds, or the file is shorter than the region says."""
+    for ``stall`` seconds, or the file is shorter than the region says. A stream that is not a
+    socket (the in-memory peer network of the tests) gets the bytes read with ``pread``."""
+    if not isinstance(stream, trio.SocketStream):
+        data = os.pread(region.fd, region.count, region.offset)
+        if len(data) != region.count:
+            raise trio.BrokenResourceError("file shorter than the region to send")
+        await stream.send_all(data)
+        return
     sock = stream.socket
     offset, remaining = region.offset, region.count
     while remaining > 0:
@@ -54,10 +61,13 @@ async def sendfile_all(
         await trio.lowlevel.checkpoint_if_cancelled()
 
 
-async def send_all_eager(stream: trio.SocketStream, data: bytes) -> None:
+async def send_all_eager(stream: trio.abc.Stream, data: bytes) -> None:
     """``stream.send_all(data)``, except that data the kernel takes at once does not pass through
     the scheduler (trio's ``send_all`` always does: once per peer frame, that was a large part of
     an agent's CPU). Only for a stream that one task writes."""
+    if not isinstance(stream, trio.SocketStream):
+        await stream.send_all(data)
+        return
     await trio.lowlevel.checkpoint_if_cancelled()
     try:
         sent = os.write(stream.socket.fileno(), data)

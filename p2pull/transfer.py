@@ -27,6 +27,7 @@ class Transfer:
         self._landing: dict[int, trio.Event] = {}  # chunk index -> set when it lands
         self._subscribers: list[trio.MemorySendChannel[int]] = []
         self._waiting: dict[int, int] = {}  # chunk index -> readers waiting for it
+        self._wanted_changed = trio.Event()
         self.sources: dict[int, str] = {}  # chunk index -> where it came from, this transfer
 
     def notify(self) -> None:
@@ -61,6 +62,16 @@ class Transfer:
         """The lowest chunk a local reader is waiting on (the swarm fetches it first)."""
         return min(self._waiting) if self._waiting else None
 
+    async def wait_wanted(self, last: int | None) -> int | None:
+        """Wait until ``wanted_index`` is other than ``last``, and return it."""
+        while self.wanted_index == last:
+            await self._wanted_changed.wait()
+        return self.wanted_index
+
+    def _wanted_moved(self) -> None:
+        self._wanted_changed.set()
+        self._wanted_changed = trio.Event()
+
     def fail(self, error: P2pullError) -> None:
         self.error = error
         self.notify()
@@ -86,6 +97,7 @@ class Transfer:
         if self.servable(index):
             return blob
         self._waiting[index] = self._waiting.get(index, 0) + 1
+        self._wanted_moved()
         try:
             while not self.servable(index):
                 if self.error is not None:
@@ -98,6 +110,7 @@ class Transfer:
             self._waiting[index] -= 1
             if not self._waiting[index]:
                 del self._waiting[index]
+            self._wanted_moved()
         return blob
 
 

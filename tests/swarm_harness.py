@@ -64,6 +64,7 @@ async def swarm(
                 discovery="static",
                 cluster_secret=SECRET,
                 chunk_size=chunk_size,
+                containerd_config="off",
                 log_level="WARNING",
             )
             agent = Agent(config)

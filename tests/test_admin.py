@@ -78,7 +78,14 @@ async def test_status_prefetch_purge(tmp_path: Path, capsys: pytest.CaptureFixtu
                 assert [p["node_id"] for p in status["peers"]] == [
                     nodes[1].agent.membership.self_member.node_id  # type: ignore[union-attr]
                 ]
-                assert sum(status["served_bytes"].values()) > 4 * MiB
+                # prefetch reads are not client pulls: counted apart, never as hits
+                assert status["served_bytes"] == {"local": 0, "peer": 0, "origin": 0}
+                prefetched = sum(
+                    nodes[0].metric("p2pull_prefetched_bytes_total", source=source)
+                    for source in ("local", "peer", "origin")
+                )
+                assert prefetched > 4 * MiB
+                assert nodes[0].metric("p2pull_mirror_last_success_timestamp_seconds") == 0
                 table = render_status(status)
                 assert "hit ratio" in table and status["node_id"] in table
 
@@ -146,3 +153,48 @@ async def test_prefetch_all_nodes_makes_every_node_fetch(tmp_path: Path) -> None
                     for n in nodes
                 )
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("command", "mirror"),
+    [
+        pytest.param("status", "foo", id="status-no-port"),
+        pytest.param("prefetch", "ftp://127.0.0.1:5050", id="prefetch-other-scheme"),
+        pytest.param("purge", "http://127.0.0.1:5050/v2/x", id="purge-with-a-path"),
+    ],
+)
+def test_a_mirror_that_is_not_an_agent_url_is_one_clear_line(
+    command: str, mirror: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = {"status": [], "prefetch": ["ubuntu"], "purge": ["sha256:" + "c" * 64]}[command]
+    assert main([command, *target, "--mirror", mirror]) == 2
+    err = capsys.readouterr().err
+    assert "--mirror / P2PULL_MIRROR: expected http://HOST:PORT" in err and mirror in err
+    assert "Traceback" not in err
+
+
+def test_a_mirror_without_a_scheme_is_taken_as_http(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["prefetch", "ubuntu", "--mirror", "127.0.0.1:9"]) == 2
+    assert "no p2pull agent answers at http://127.0.0.1:9" in capsys.readouterr().err
+
+
+async def test_prefetch_says_why_the_agent_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The agent's answer carries the origin's reason (an OCI error body); prefetch prints it
+    rather than a bare status."""
+    origin = TestOrigin()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(origin.run)
+            _, (layer,) = origin.add_image("team/app", "v1", [tar_layer({"a": b"x" * 1000})])
+            origin.fault(layer).fail_status = 401  # not retried: the agent answers at once
+            origin.fault(layer).fail_times = 1_000_000
+            async with swarm(tmp_path, origin, 1) as nodes:
+                argv = ["prefetch", f"{origin.netloc}/team/app:v1", "--mirror", nodes[0].mirror_url]
+                code = await trio.to_thread.run_sync(main, argv)
+            nursery.cancel_scope.cancel()
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"blob {layer}: HTTP 502 (BLOB_UNKNOWN: " in err and ": 401 " in err, err
+    assert "Traceback" not in err

@@ -21,7 +21,8 @@ async def running_agent(tmp_path: Path, *argv: str) -> AsyncIterator[tuple[Agent
     config = load_agent_config(
         [
             "--mirror-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0",
-            "--data-dir", str(tmp_path / "store"), "--log-format", "text", *argv,
+            "--data-dir", str(tmp_path / "store"), "--log-format", "text", "--standalone",
+            "--check-containerd", "off", *argv,
         ],
         env={},
     )  # fmt: skip

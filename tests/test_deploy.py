@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -30,7 +31,9 @@ from p2pull.containerd import BACKUP_NAME, HOSTS_NAME, default_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
-MANIFESTS = sorted(DEPLOY.glob("*.yaml"))
+KUSTOMIZATION = DEPLOY / "kustomization.yaml"
+MANIFESTS = sorted(path for path in DEPLOY.glob("*.yaml") if path != KUSTOMIZATION)
+KUBECTL = shutil.which("kubectl")
 NAMESPACE = "p2pull"
 # The oldest Kubernetes the manifests target, and the newest schema kubernetes-validate ships.
 K8S_VERSIONS = ("1.30", kubernetes_validate.latest_version())
@@ -213,7 +216,9 @@ def test_configmap_loads_with_the_agent_config_loader() -> None:
     assert config.chunk_size == 1 << 20 and config.store_quota == 200 << 30
     assert config.log_format == "json"
     service = find("Service", "p2pull-peers")
-    assert config.discovery == f"dns:{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
+    # the short name: the pod's DNS search list resolves it in the pod's namespace
+    assert config.discovery == f"dns:{service['metadata']['name']}"
+    assert pod_spec()["dnsPolicy"] == "ClusterFirstWithHostNet"
 
 
 def test_agent_env_is_spelled_like_its_flags() -> None:
@@ -424,3 +429,66 @@ def test_init_container_writes_hosts_toml_that_uninstall_restores(tmp_path: Path
     assert os.listdir(certs) == ["quay.io"]
     assert os.listdir(certs / "quay.io") == [HOSTS_NAME]
     assert (certs / "quay.io" / HOSTS_NAME).read_text() == operator_file
+
+
+# --- 4. the kustomize package ----------------------------------------------------------------
+
+
+def kustomize(directory: Path) -> list[Doc]:
+    assert KUBECTL is not None
+    done = subprocess.run(
+        [KUBECTL, "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_DEADLINE,
+    )
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl not installed (Debian: kubernetes-client)")
+def test_kustomize_sets_the_image_by_digest_and_the_namespace_in_one_place(
+    tmp_path: Path,
+) -> None:
+    kustomization = yaml.safe_load(KUSTOMIZATION.read_text())
+    (image,) = kustomization["images"]
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", image["digest"]) and "newTag" not in image
+    rendered = kustomize(DEPLOY)
+    by_key = {(d["kind"], d["metadata"]["name"]): d for d in rendered}
+    plain = {(d["kind"], d["metadata"]["name"]) for d in load(DEPLOY / "daemonset.yaml")}
+    assert set(by_key) == plain, "the package is daemonset.yaml, nothing more or less"
+    agent_images = {c["image"] for c in containers_of(by_key[("DaemonSet", "p2pull")])}
+    assert agent_images == {f"{image['newName']}@{image['digest']}"}
+
+    # another namespace, changed in the kustomization alone, reaches every object, and the
+    # agent still finds the headless Service (by its short name, in its own namespace)
+    copy = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, copy)
+    (copy / "kustomization.yaml").write_text(
+        KUSTOMIZATION.read_text().replace("namespace: p2pull", "namespace: gpu-cache")
+    )
+    moved = kustomize(copy)
+    assert [d["metadata"]["name"] for d in moved if d["kind"] == "Namespace"] == ["gpu-cache"]
+    assert {d["metadata"].get("namespace") for d in moved if d["kind"] != "Namespace"} == {
+        "gpu-cache"
+    }
+    text = yaml.safe_dump_all(moved)
+    assert "p2pull.svc" not in text and "namespace: p2pull" not in text
+
+
+def test_the_image_installs_pinned_hashed_dependencies_for_every_requirement() -> None:
+    """deploy/requirements.lock pins every runtime dependency of pyproject.toml within its
+    range, each with a hash, and the Dockerfile installs from it alone."""
+    from packaging.requirements import Requirement
+
+    lock = (DEPLOY / "requirements.lock").read_text()
+    pins = dict(re.findall(r"^([a-z0-9-]+)==(\S+) \\\n    --hash=sha256:[0-9a-f]{64}$", lock, re.M))
+    assert len(pins) == len(re.findall(r"^[a-z0-9]", lock, re.M)), "every pin has one hash"
+    for text in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        requirement = Requirement(text)
+        name = re.sub(r"[-_.]+", "-", requirement.name).lower()
+        assert name in pins, f"{name} is not pinned in deploy/requirements.lock"
+        assert requirement.specifier.contains(pins[name]), f"{name}=={pins[name]} vs {text}"
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert "--require-hashes" in dockerfile and "pip wheel --no-deps" in dockerfile
+    assert "!deploy/requirements.lock" in (DEPLOY / "Dockerfile.dockerignore").read_text()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from p2pull.swarm.latecomers import Latecomers
+from p2pull.peer.latecomers import Latecomers
 
 D, E = "sha256:" + "ab" * 32, "sha256:" + "cd" * 32
 

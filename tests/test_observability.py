@@ -22,6 +22,7 @@ import trio
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from p2pull import __version__
 from p2pull.metrics import SOURCES
 from p2pull.testing.origin import TestOrigin
 from tests.swarm_harness import Node, get_blob, swarm
@@ -40,7 +41,12 @@ RECORDED_RE = re.compile(r"(?<![\w:])[a-z_]+:p2pull_[a-z0-9_]+:[a-z0-9_]+(?![\w:
 SELECTOR_RE = re.compile(r"(?<![\w:])(p2pull_[a-z0-9_]+)\{([^}]*)\}")
 MATCHER_RE = re.compile(r'([a-zA-Z_]\w*)\s*(=~|!~|!=|=)\s*"([^"]*)"')
 GROUPING_RE = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
-TARGET_LABELS = {"instance", "job"}  # added by Prometheus at scrape time, not by the agent
+# Added by Prometheus at scrape time (instance, job) or as an external label (cluster).
+TARGET_LABELS = {"instance", "job", "cluster"}
+# Every dashboard query follows the three variables.
+SCOPE = 'cluster=~"$cluster", job=~"$job", instance=~"$node"'
+OPERATIONS = ROOT / "docs" / "operations.md"
+RUNBOOK_BASE = "https://github.com/p2pull/p2pull/blob/main/docs/operations.md#"
 # Label values the code documents but a short healthy run does not produce.
 DOCUMENTED_VALUES = {
     "source": set(SOURCES),
@@ -71,12 +77,23 @@ REQUIRED_PANELS: dict[str, tuple[str, ...]] = {
     "Store usage": ("p2pull_store_bytes", "p2pull_store_quota_bytes"),
     "Evictions and pass-through": ("p2pull_store_evictions_total",),
     "Peer links": ("p2pull_peer_links",),
+    # what the runbooks in docs/operations.md tell an SRE to look at
+    "containerd uses the mirror": ("p2pull_containerd_config",),
+    "Since containerd last used the mirror": ("p2pull_mirror_last_success_timestamp_seconds",),
+    "Peers known and linked": ("p2pull_peers_known", "p2pull_peer_links"),
+    "Time to first byte p50 / p99": ("p2pull_mirror_first_byte_seconds_bucket",),
+    "Swarm size": ("p2pull_swarm_members", "p2pull_swarms"),
+    "Agent memory (RSS)": ("process_resident_memory_bytes",),
+    "Agent CPU": ("process_cpu_seconds_total",),
+    "Agent versions": ("p2pull_build_info",),
+    "Prefetched bytes": ("p2pull_prefetched_bytes_total",),
 }
 ALERTS = {
     "P2pullPeerHitRatioLow",
     "P2pullOriginFetchersPerBlobHigh",
     "P2pullAgentNotReady",
     "P2pullStoreNearQuota",
+    "P2pullContainerdNotUsingMirror",
 }
 SEVERITIES = {"critical", "warning", "info"}
 
@@ -119,7 +136,9 @@ def rule_exprs() -> list[str]:
 
 def promql_for_promtool(expr: str) -> str:
     """A dashboard query with Grafana's variables replaced by what they expand to."""
-    return expr.replace("$__rate_interval", "5m").replace("$node", ".*")
+    for variable in ("$node", "$cluster", "$job"):
+        expr = expr.replace(variable, ".*")
+    return expr.replace("$__rate_interval", "5m")
 
 
 # -- the dashboard -------------------------------------------------------------------------------
@@ -132,12 +151,24 @@ def test_dashboard_loads_with_its_variables() -> None:
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    node = variables["node"]
-    assert node["type"] == "query"
-    assert node["definition"] == "label_values(p2pull_served_bytes_total, instance)"
-    assert node["query"]["query"] == node["definition"]
-    assert node["datasource"]["uid"] == "${datasource}"
-    assert node["multi"] and node["includeAll"]
+    assert [v["name"] for v in dashboard["templating"]["list"]] == [
+        "datasource",
+        "cluster",
+        "job",
+        "node",
+    ]
+    definitions = {
+        "cluster": "label_values(p2pull_build_info, cluster)",
+        "job": 'label_values(p2pull_build_info{cluster=~"$cluster"}, job)',
+        "node": 'label_values(p2pull_build_info{cluster=~"$cluster", job=~"$job"}, instance)',
+    }
+    for name, definition in definitions.items():
+        variable = variables[name]
+        assert variable["type"] == "query"
+        assert variable["definition"] == variable["query"]["query"] == definition
+        assert variable["datasource"]["uid"] == "${datasource}"
+        # All is ".*", which also matches series without the label (one cluster, no label)
+        assert variable["multi"] and variable["includeAll"] and variable["allValue"] == ".*"
 
 
 def test_every_panel_queries_the_datasource_variable_with_a_non_empty_expr() -> None:
@@ -156,9 +187,11 @@ def test_every_panel_queries_the_datasource_variable_with_a_non_empty_expr() -> 
         for target in panel["targets"]:
             assert target["expr"].strip(), f"{panel['title']} {target['refId']}: empty expr"
             assert target["datasource"]["uid"] == "${datasource}"
-            assert 'instance=~"$node"' in target["expr"], (
-                f"{panel['title']} {target['refId']}: every query follows the node variable"
-            )
+            for selector in SELECTOR_RE.findall(target["expr"]):
+                assert selector[1].endswith(SCOPE), (
+                    f"{panel['title']} {target['refId']}: {selector[0]} does not follow the "
+                    f"cluster, job and node variables"
+                )
 
 
 def test_panels_do_not_overlap_on_the_grid() -> None:
@@ -177,7 +210,7 @@ def test_dashboard_has_panel(title: str) -> None:
     by_title = {p["title"]: p for p in panels(load_dashboard())}
     assert title in by_title, f"no panel {title!r}"
     exprs = "\n".join(t["expr"] for t in by_title[title]["targets"])
-    normalized = exprs.replace(', instance=~"$node"', "").replace('{instance=~"$node"}', "")
+    normalized = exprs.replace(f", {SCOPE}", "").replace(f"{{{SCOPE}}}", "")
     for needle in REQUIRED_PANELS[title]:
         assert needle in normalized, f"{title!r}: no {needle!r} in\n{exprs}"
 
@@ -205,6 +238,27 @@ def test_every_alert_has_for_severity_summary_and_description() -> None:
         assert rule["labels"]["severity"] in SEVERITIES, name
         assert rule["annotations"]["summary"].strip(), name
         assert len(rule["annotations"]["description"]) > 80, name
+        url = rule["annotations"]["runbook_url"]
+        assert url.startswith(RUNBOOK_BASE), name
+        assert url.removeprefix(RUNBOOK_BASE) in runbook_anchors(), f"{name}: {url}"
+
+
+def runbook_anchors() -> set[str]:
+    """GitHub's anchors for the headings of docs/operations.md's runbooks."""
+    runbooks = OPERATIONS.read_text().split("\n## Runbooks\n", 1)[1].split("\n## ", 1)[0]
+    return {
+        re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        for heading in re.findall(r"^### (.+)$", runbooks, re.M)
+    }
+
+
+def test_every_metric_a_runbook_names_is_on_the_dashboard() -> None:
+    runbooks = OPERATIONS.read_text().split("\n## Runbooks\n", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"(?<![\w:])(?:p2pull|process)_[a-z0-9_]+", runbooks))
+    on_dashboard = "\n".join(dashboard_exprs())
+    assert named, "the runbooks name no metric"
+    missing = {name for name in named if name not in on_dashboard}
+    assert not missing, f"named in a runbook but on no dashboard panel: {sorted(missing)}"
 
 
 def test_recording_rules_follow_the_naming_convention_and_every_use_is_defined() -> None:
@@ -301,7 +355,37 @@ def severity_of(alert: str) -> str:
 def alert_unit_tests() -> list[dict[str, Any]]:
     hit, fetchers = "P2pullPeerHitRatioLow", "P2pullOriginFetchersPerBlobHigh"
     ready, store = "P2pullAgentNotReady", "P2pullStoreNearQuota"
+    containerd = "P2pullContainerdNotUsingMirror"
+
+    def state(instance: str, name: str, value: str) -> dict[str, str]:
+        return {
+            "series": series("p2pull_containerd_config", instance=instance, state=name),
+            "values": value,
+        }
+
     return [
+        {  # a: config_path unset; b: fine; c: the check is off (not an alarm)
+            "name": "containerd not using the mirror",
+            "input_series": [
+                state("a:9395", "config_path_unset", "1x80"),
+                state("a:9395", "ok", "0x80"),
+                state("b:9395", "config_path_unset", "0x80"),
+                state("b:9395", "ok", "1x80"),
+                state("c:9395", "off", "1x80"),
+            ],
+            "alert_rule_test": [
+                silent(containerd, "10m"),
+                fires(
+                    containerd,
+                    "20m",
+                    firing(
+                        "containerd on a:9395 does not use its p2pull agent (config_path_unset)",
+                        instance="a:9395",
+                        state="config_path_unset",
+                    ),
+                ),
+            ],
+        },
         {  # a storm at 60 MiB/s, 3/4 of it from the origin: fires once `for: 10m` has passed
             "name": "hit ratio low during a storm",
             "input_series": [served("a:9395", "origin", 45), served("b:9395", "peer", 15)],
@@ -406,12 +490,14 @@ def alert_unit_tests() -> list[dict[str, Any]]:
 @needs_promtool
 def test_alerts_fire_when_they_should_and_only_then(tmp_path: Path) -> None:
     """``promtool test rules`` on synthetic series. The copy of the rules drops only the
-    descriptions (static prose; their templates are checked by ``promtool check rules``)."""
+    descriptions and runbook URLs (static; their templates are checked by ``promtool check
+    rules``, the URLs by test_every_alert_has_for_severity_summary_and_description)."""
     assert PROMTOOL is not None
     spec = load_rules()
     for group in spec["groups"]:
         for rule in group["rules"]:
             rule.get("annotations", {}).pop("description", None)
+            rule.get("annotations", {}).pop("runbook_url", None)
     rules_copy = tmp_path / "rules.yaml"
     rules_copy.write_text(yaml.safe_dump(spec, sort_keys=False))
     tests = tmp_path / "rules_test.yaml"
@@ -549,3 +635,42 @@ async def test_every_metric_the_dashboard_and_rules_use_is_exported(tmp_path: Pa
                 assert label in TARGET_LABELS or label in labels_here, (
                     f"grouping by {label!r}, which none of {sorted(names)} has:\n{expr}"
                 )
+
+
+async def test_the_scrape_has_build_and_process_metrics_and_no_created_series(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(60):
+        async with httpx.AsyncClient(timeout=30) as http:
+            exported = await pull_through_two_agents(tmp_path, http)
+    names = exported.sample_names
+    assert "p2pull_build_info" in names
+    assert exported.label_values[("p2pull_build_info", "version")] == {__version__}
+    # what the runbook's "RSS growing" and "CPU" read
+    assert {"process_resident_memory_bytes", "process_cpu_seconds_total"} <= names
+    assert not [name for name in names if name.endswith("_created")]
+    # no label names a blob: every digest would leave a series behind
+    assert not [key for key in exported.label_values if key[1] in ("blob", "digest")]
+
+
+async def test_the_metrics_port_answers_three_paths_and_nothing_else(tmp_path: Path) -> None:
+    origin = TestOrigin()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(origin.run)
+            async with (
+                swarm(tmp_path, origin, 1) as (node,),
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.ports.metrics}") as http,
+            ):
+                for path in ("/metrics", "/healthz", "/readyz"):
+                    assert (await http.get(path)).status_code == 200, path
+                    assert (await http.head(path)).status_code == 200, path
+                    refused = await http.post(path, content=b"x")
+                    assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD"
+                # neither the admin API nor the mirror's routes, not even from loopback
+                for path in ("/_p2pull/v1/status", "/v2/", "/metrics/", "/healthz/x", "/"):
+                    assert (await http.get(path)).status_code == 404, path
+                assert (
+                    await http.delete(f"/_p2pull/v1/blobs/sha256:{'a' * 64}")
+                ).status_code == 404
+            nursery.cancel_scope.cancel()

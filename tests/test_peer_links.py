@@ -14,6 +14,7 @@ from p2pull.peer.messages import Have, Message, Piece
 from p2pull.store.types import ByteSink
 from p2pull.swarm import links
 from p2pull.swarm.links import PeerLink, PeerPool
+from p2pull.swarm.transport import TcpTransport
 from tests.recording import record_sends
 
 D = "sha256:" + "ab" * 32
@@ -61,10 +62,12 @@ async def _pair(nursery: trio.Nursery, inbox: Inbox) -> tuple[PeerPool, PeerPool
     server = PeerPool(
         node_id=f"127.0.0.1:{port}", listen_port=port, secret=SECRET,
         on_message=on_message, on_closed=lambda link: None, max_frame=8 << 20,
+        transport=TcpTransport(host="127.0.0.1", port=0),
     )  # fmt: skip
     client = PeerPool(
         node_id="127.0.0.1:1", listen_port=1, secret=SECRET,
         on_message=on_message, on_closed=lambda link: None, max_frame=8 << 20,
+        transport=TcpTransport(host="127.0.0.1", port=0),
     )  # fmt: skip
     await nursery.start(server.run)
     await nursery.start(client.run)
@@ -179,7 +182,7 @@ async def test_strangers_hold_at_most_max_handshakes_inbound_connections() -> No
     pool = PeerPool(
         node_id=f"127.0.0.1:{port}", listen_port=port, secret=SECRET,
         on_message=inbox.on_message, on_closed=lambda link: None, max_frame=8 << 20,
-        handshake_timeout=1.0, max_handshakes=2,
+        handshake_timeout=1.0, max_handshakes=2, transport=TcpTransport(host="127.0.0.1", port=0),
     )  # fmt: skip
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:

@@ -1,4 +1,4 @@
-"""The agent between real clients and a real origin (issue #2's acceptance tests).
+"""The agent between real clients and a real origin: the single-node mirror's acceptance tests.
 
 Real docker-registry, skopeo, containerd and ctr (see tests/realparts.py); the agent runs in this
 process (``Agent.run`` in a nursery) except in the test that runs ``p2pull agent`` as a process.
@@ -104,7 +104,7 @@ def agent_config(
     chunk: str = "4MiB",
 ) -> AgentConfig:
     """The config ``p2pull agent`` would build from these flags (ports: any free one)."""
-    argv = ["--mirror-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"]
+    argv = ["--mirror-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--standalone"]
     argv += ["--data-dir", str(data_dir), "--chunk-size", chunk, "--log-format", "text"]
     for item in upstreams:
         argv += ["--upstream", item]
@@ -341,7 +341,8 @@ async def test_agent_process_serves_then_stops_on_sigterm_and_containerd_falls_b
             registry = stack.registry
             ref = f"{registry.host}/{REPO}:{TAG}"
             await push_image(image, ref)
-            argv = [*agent_command(), "agent", "--mirror-addr", f"127.0.0.1:{mirror_port}"]
+            argv = [*agent_command(), "agent", "--standalone"]
+            argv += ["--mirror-addr", f"127.0.0.1:{mirror_port}"]
             argv += ["--metrics-addr", f"127.0.0.1:{metrics_port}"]
             argv += ["--data-dir", str(workdir / "agent"), "--log-format", "text"]
             argv += ["--upstream", f"{registry.host}={registry.url}"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from p2pull.peer.messages import Piece
-from p2pull.swarm.relay import HeldPieces, Relay
+from p2pull.peer.relay import HeldPieces, Relay
 
 D = "sha256:" + "cd" * 32
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from p2pull.swarm.superseed import SuperSeeder
+from p2pull.peer.superseed import SuperSeeder
 
 D = "sha256:" + "ab" * 32
 

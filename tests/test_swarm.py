@@ -12,11 +12,10 @@ import pytest
 import trio
 
 from p2pull.membership import Member, rank
-from p2pull.origin_fetch import OriginFetcher
 from p2pull.peer.messages import BlobInfo, Interested, Peers
 from p2pull.peer.wire import Authenticated
 from p2pull.reference import Digest
-from p2pull.swarm.blobswarm import BlobSwarm
+from p2pull.swarm.driver import SessionDriver
 from p2pull.testing.origin import TestOrigin
 from tests.fake_peer import RawSession
 from tests.swarm_harness import SECRET, free_port, get_blob, swarm
@@ -78,13 +77,13 @@ async def test_an_interested_that_reaches_a_finishing_swarm_is_still_answered(
     Interested that reached the swarm task's inbox after its last look was never answered: the
     peer waited 15 s for a BlobInfo, then went to the origin itself (half the demo runs). The
     task's exit is widened here (it sleeps after its loop) so the Interested lands in it."""
-    real_run = BlobSwarm.run
+    real_run = SessionDriver.run
 
-    async def slow_exit(self: BlobSwarm, origin: OriginFetcher) -> None:
-        await real_run(self, origin)
+    async def slow_exit(self: SessionDriver) -> None:
+        await real_run(self)
         await trio.sleep(0.5)
 
-    monkeypatch.setattr(BlobSwarm, "run", slow_exit)
+    monkeypatch.setattr(SessionDriver, "run", slow_exit)
     fake = Member.of("127.0.0.1", free_port())
     origin = TestOrigin()
     with trio.fail_after(30):
@@ -102,7 +101,7 @@ async def test_an_interested_that_reaches_a_finishing_swarm_is_still_answered(
                 async with httpx.AsyncClient(timeout=30) as http, trio.open_nursery() as pulls:
                     pulls.start_soon(get_blob, http, node, origin.netloc, NAME, digest)
                     await trio.sleep(0.25)  # the blob is complete, the task not yet gone
-                    assert node.agent.node is not None and digest in node.agent.node.swarms
+                    assert node.agent.node is not None and digest in node.agent.node.drivers
                     stream = await trio.open_tcp_stream("127.0.0.1", real.port)
                     async with stream:
                         session = await ask_as(fake, stream, digest, origin.netloc)
@@ -120,8 +119,9 @@ async def test_a_node_that_asks_after_the_swarm_ended_learns_who_holds_the_chunk
 ) -> None:
     """A small blob's swarm is over in milliseconds. A node that asks for it a moment later
     knows only the seed, and the seed, still handing each chunk out once (super-seeding, a
-    15 s window), refuses it the chunks it gave the other node. It used to wait out that
-    window; now the seed's BlobInfo comes with the names of those who got the chunks."""
+    15 s window), refuses it the chunks it gave the other node. The seed's BlobInfo comes with
+    the names of those who got the chunks, so the node asks them instead of waiting out the
+    window."""
     origin = TestOrigin()
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:

@@ -32,7 +32,7 @@ from p2pull.peer.messages import (
 from p2pull.peer.wire import Authenticated, Closed
 from p2pull.reference import Digest
 from p2pull.swarm import links
-from p2pull.swarm.blobswarm import BlobSwarm
+from p2pull.swarm.driver import SessionDriver
 from p2pull.testing.origin import TestOrigin
 from tests.fake_peer import RawSession
 from tests.swarm_harness import SECRET, Node, free_port, get_blob, swarm
@@ -104,13 +104,13 @@ class Setup:
     def piece(self, index: int, data: bytes | None = None) -> Piece:
         return Piece(str(self.digest), index, self.chunk(index) if data is None else data)
 
-    async def early_push(self, data: bytes | None = None) -> BlobSwarm:
+    async def early_push(self, data: bytes | None = None) -> SessionDriver:
         """The other leech pushes chunk 1 (``data``, else the right bytes) before the seed has
         said its hash; returns the agent's swarm for the blob once it has taken the piece."""
         await self.leech.send(Push(str(self.digest), 1, self.sha(1)), self.piece(1, data))
         await trio.testing.wait_all_tasks_blocked(cushion=0.1)
         assert self.node.agent.node is not None
-        return self.node.agent.node.swarms[self.digest]
+        return self.node.agent.node.drivers[self.digest]
 
 
 def _bits(indices: set[int]) -> bytes:
@@ -209,7 +209,7 @@ async def test_a_leech_relays_what_the_seed_gave_it_and_keeps_a_push_until_its_h
             await run.seed.send(Push(d, 0, run.sha(0)), run.piece(0))
             await run.leech.wait_for(Piece)
             swarm = await run.early_push()  # before its hash: held
-            assert list(swarm.held) == [1]
+            assert list(swarm.session.held) == [1]
             assert not swarm.transfer.blob.bitfield.has(1)  # type: ignore[union-attr]
             await run.seed.send(Have(d, 1, run.sha(1)))  # now it is verified and stored
             # 2 and 3 the agent asks the seed for; what the seed gives, it relays too
@@ -235,7 +235,7 @@ async def test_a_held_push_that_does_not_match_the_seeds_hash_is_dropped_with_it
         async with agent_between_fakes(tmp_path) as run:
             d = str(run.digest)
             swarm = await run.early_push(b"\0" * CHUNK)
-            assert list(swarm.held) == [1]
+            assert list(swarm.session.held) == [1]
             await run.seed.send(*(Have(d, i, run.sha(i)) for i in (1, 0, 2, 3)))
     assert sorted(_sent(run.seed, Request)) == [0, 1, 2, 3]
     assert run.node.metric("p2pull_chunks_rejected_total") == 1

@@ -220,7 +220,8 @@ async def agent_with(tmp_path: Path, *argv: str) -> AsyncIterator[str]:
     config = load_agent_config(
         [
             "--mirror-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0",
-            "--data-dir", str(tmp_path / "store"), "--log-format", "text", *argv,
+            "--data-dir", str(tmp_path / "store"), "--log-format", "text", "--standalone",
+            "--check-containerd", "off", *argv,
         ],
         env={},
     )  # fmt: skip
@@ -239,11 +240,10 @@ async def test_a_clients_ns_cannot_make_the_agent_dial_loopback_or_metadata(
     (Metadata and link-local addresses are checked above through a fake resolver: a test
     never dials them, even if the guard broke.)"""
     listener = Listener()
-    closed = socket.socket()  # bound, not listening: a closed port of this test's own
-    closed.bind(("127.0.0.1", 0))
-    closed_port = closed.getsockname()[1]
     digest = "sha256:" + "ab" * 32
-    with trio.fail_after(DEADLINE * 3):
+    with socket.socket() as closed, trio.fail_after(DEADLINE * 3):
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: a closed port of this test's own
+        closed_port = closed.getsockname()[1]
         async with trio.open_nursery() as nursery:
             await nursery.start(listener.run)
             async with agent_with(tmp_path) as mirror, httpx.AsyncClient(timeout=20) as http:
@@ -267,7 +267,6 @@ async def test_a_clients_ns_cannot_make_the_agent_dial_loopback_or_metadata(
                     for ns in ("127.0.0.1:0", "127.0.0.1:99999")
                 ]
             nursery.cancel_scope.cancel()
-    closed.close()
     assert listener.accepted == 0
     assert set(answers.values()) == {(404, "NAME_UNKNOWN")}, answers
     assert bodies[f"127.0.0.1:{listener.port}"] == bodies[f"127.0.0.1:{closed_port}"]

@@ -31,7 +31,7 @@ async def test_listed_policy_serves_listed_registries_and_refuses_the_others(
             other_digest = unlisted.add_blob(NAME, other)  # not cached: it would come from there
             config = load_agent_config(
                 [
-                    "--mirror-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0",
+                    "--mirror-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--standalone",
                     "--data-dir", str(tmp_path / "store"), "--log-format", "text",
                     "--upstream", f"{listed.netloc}={listed.url}", "--upstream-policy", "listed",
                 ],

@@ -1,11 +1,13 @@
-"""The peer-to-peer layer's pure core: wire messages, framing + handshake, chunk scheduling.
+"""The peer-to-peer layer's pure core: no I/O, no clock reads (``now`` is passed in), no
+unseeded randomness (nonces are passed in), so all of it is tested deterministically; the trio
+shell that drives it (``p2pull.swarm``) stays thin.
 
-Nothing here does I/O, reads a clock or draws randomness (nonces and ``now`` are passed in), so
-all of it is tested deterministically; the trio shell that drives it over TCP stays thin.
-
-- ``p2pull.peer.messages``: one frozen dataclass per message, ``encode``/``decode`` (msgpack).
-- ``p2pull.peer.wire``: ``PeerConnection``, an h11-style machine: bytes in, events out; the
-  length-prefixed framing and the HMAC handshake that authenticates a peer with the cluster secret.
-- ``p2pull.peer.scheduler``: ``Scheduler``, which chunk to ask of which peer (reader window first,
-  then rarest-first, spread across peers, endgame duplicates, timeouts and penalties).
+- ``messages``: one frozen dataclass per message, ``encode``/``decode`` (msgpack).
+- ``wire``: ``PeerConnection``, an h11-style machine: bytes in, events out; the length-prefixed
+  framing and the HMAC handshake that authenticates a peer with the cluster secret.
+- ``scheduler``: which chunk to ask of which peer (reader window first, then rarest-first,
+  spread across peers, endgame duplicates, timeouts and penalties).
+- ``session`` and ``events``: one blob's swarm as a state machine (``BlobSession``: events in,
+  actions out), with ``relay`` (pushing fresh chunks), ``superseed``, ``latecomers`` and
+  ``serving`` (upload admission, shared by a node's sessions).
 """

@@ -424,3 +424,12 @@ def hello_version(body: bytes | bytearray | memoryview) -> int | None:
     ):
         return obj[1]
     return None
+
+
+def peers_message(digest: str, node_ids: list[str]) -> Peers:
+    """The Peers message that hands out ``node_ids`` (``host:port``, ``[v6]:port``)."""
+    entries = []
+    for node_id in node_ids:
+        host, _, port = node_id.rpartition(":")
+        entries.append((node_id, host.strip("[]"), int(port)))
+    return Peers(digest, tuple(entries))

@@ -267,6 +267,19 @@ class Scheduler:
                         break
         return out
 
+    def next_deadline(self) -> float | None:
+        """When ``expire`` or ``next_requests`` can next change something without a new event:
+        the oldest request's expiry, or the end of a penalty or avoidance; ``-inf`` while a
+        change waits for ``next_requests``; None when nothing is pending."""
+        if self._dirty:
+            return -math.inf
+        expiry = min(
+            (sent for peers in self._by_chunk.values() for sent in peers.values()),
+            default=math.inf,
+        )
+        deadline = min(expiry + self.request_timeout, self._wake_at)
+        return None if deadline == math.inf else deadline
+
     @property
     def complete(self) -> bool:
         return self._have.complete

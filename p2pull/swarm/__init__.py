@@ -1,7 +1,8 @@
-"""The swarm: agents exchanging a blob's chunks, one origin seed per blob (the I/O shell).
+"""The swarm's I/O shell: agents exchanging a blob's chunks over trio streams.
 
-The protocol (``p2pull.peer.wire``), the chunk scheduler (``p2pull.peer.scheduler``) and the
-membership/HRW logic (``p2pull.membership``) are pure modules; this package drives them over trio
-streams: ``links`` (authenticated connections), ``blobswarm`` (one task per blob being
-downloaded), ``node`` (the listener, message dispatch and uploads).
+The protocol is pure (``p2pull.peer``: messages, framing and handshake, the scheduler, the blob
+session, upload admission) and so is membership (``p2pull.membership``); this package drives
+them: ``transport`` (TCP, or the in-memory network of the tests), ``links`` (authenticated
+connections), ``driver`` (one task per blob being downloaded, carrying out its session's
+actions), ``node`` (the listener, message dispatch and uploads).
 """

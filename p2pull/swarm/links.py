@@ -32,6 +32,7 @@ from p2pull.peer.wire import (
 )
 from p2pull.sendfile import FileRegion, send_all_eager, sendfile_all
 from p2pull.store.types import StoredBlob
+from p2pull.swarm.transport import PeerTransport
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class PeerLink:
     on the wire. Whoever uploads holds one of ``piece_slots`` meanwhile (at most
     PIECE_SLOTS_PER_LINK pieces of one link in flight)."""
 
-    def __init__(self, stream: trio.SocketStream, conn: PeerConnection, peer_id: str) -> None:
+    def __init__(self, stream: trio.abc.Stream, conn: PeerConnection, peer_id: str) -> None:
         self.stream = stream
         self.conn = conn
         self.peer_id = peer_id
@@ -238,11 +239,13 @@ class PeerPool:
         secret: bytes,
         on_message: OnMessage,
         on_closed: OnClosed,
+        transport: PeerTransport,
         connect_timeout: float = 5.0,
         handshake_timeout: float = 10.0,
         max_frame: int,
         max_handshakes: int = MAX_INBOUND_HANDSHAKES,
     ) -> None:
+        self.transport = transport
         self.node_id = node_id
         self.listen_port = listen_port
         self._secret = secret
@@ -268,6 +271,14 @@ class PeerPool:
         link = self.links.get(peer_id)
         return link if link is not None and not link.closed else None
 
+    def send(self, peer_id: str, message: Message) -> bool:
+        """Send on the live link to ``peer_id``; False (dropped) if there is none."""
+        link = self.link(peer_id)
+        if link is None:
+            return False
+        link.send(message)
+        return True
+
     async def connect(self, member: Member) -> PeerLink:
         """The live link to ``member``, dialing it if needed (concurrent callers share a dial)."""
         while True:
@@ -281,7 +292,7 @@ class PeerPool:
         done = self._dialing[member.node_id] = trio.Event()
         try:
             with trio.fail_after(self._connect_timeout):
-                stream = await trio.open_tcp_stream(member.host, member.port)
+                stream = await self.transport.connect(member.host, member.port)
             return await self._establish(stream, expect=member.node_id)
         except (OSError, trio.TooSlowError) as exc:
             raise PeerUnreachable(f"cannot reach peer {member.node_id}: {exc}") from exc
@@ -289,7 +300,7 @@ class PeerPool:
             del self._dialing[member.node_id]
             done.set()
 
-    async def accept(self, stream: trio.SocketStream) -> None:
+    async def accept(self, stream: trio.abc.Stream) -> None:
         """Handler for the peer listener: handshake, then run the link here until it closes
         (trio closes the stream when this handler returns). Strangers cost at most
         ``max_handshakes`` connections at once, each for the handshake timeout."""
@@ -308,7 +319,7 @@ class PeerPool:
         await self._run_link(link)
 
     async def _establish(
-        self, stream: trio.SocketStream, *, expect: str | None, run_here: bool = False
+        self, stream: trio.abc.Stream, *, expect: str | None, run_here: bool = False
     ) -> PeerLink:
         conn = PeerConnection(
             node_id=self.node_id,
@@ -371,13 +382,15 @@ class PeerPool:
 
     async def _read(self, link: PeerLink) -> None:
         conn = link.conn
-        lowat = RecvLowat(link.stream.socket)
+        sock = getattr(link.stream, "socket", None)  # a TCP link: fewer, larger reads
+        lowat = RecvLowat(sock) if sock is not None else None
         while True:
             event = conn.next_event()
             if event is NEED_DATA:
-                lowat.expect(conn.frame_remaining())  # a large frame: wake for big parts
+                if lowat is not None:
+                    lowat.expect(conn.frame_remaining())  # a large frame: wake for big parts
                 data = await link.stream.receive_some(RECEIVE_SIZE)
-                conn.receive_data(data)
+                conn.receive_data(bytes(data))
                 continue
             if isinstance(event, Closed):
                 return
@@ -386,7 +399,7 @@ class PeerPool:
             await self._on_message(link, event)
 
 
-async def _handshake(stream: trio.SocketStream, conn: PeerConnection) -> Authenticated:
+async def _handshake(stream: trio.abc.Stream, conn: PeerConnection) -> Authenticated:
     while True:
         event = conn.next_event()
         outgoing = conn.data_to_send()
@@ -397,7 +410,7 @@ async def _handshake(stream: trio.SocketStream, conn: PeerConnection) -> Authent
         if isinstance(event, Closed):
             raise RemoteProtocolError("peer closed during the handshake")
         if event is NEED_DATA:
-            conn.receive_data(await stream.receive_some(64 * 1024))
+            conn.receive_data(bytes(await stream.receive_some(64 * 1024)))
             continue
         raise RemoteProtocolError(f"unexpected {type(event).__name__} during the handshake")
 

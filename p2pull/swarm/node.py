@@ -1,5 +1,9 @@
-"""This node in the swarm: the peer listener, message dispatch, uploads, and one BlobSwarm task
-per blob being downloaded (the ``SwarmStrategy`` that ``BlobService`` hands transfers to)."""
+"""This node in the swarm: the peer listener, message dispatch, uploads, and one session driver
+per blob being downloaded (the ``SwarmStrategy`` that ``BlobService`` hands transfers to).
+
+What to answer and whom to serve is decided by pure code (``p2pull.peer.session`` per blob,
+``p2pull.peer.serving`` for uploads and blobs held whole); this module does the I/O.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +19,12 @@ from p2pull.membership import Member, Membership
 from p2pull.metrics import Metrics
 from p2pull.mirror import NS_RE
 from p2pull.origin_fetch import OriginFetcher
+from p2pull.peer.events import NodeContext, PeerGone, PeerMessage, SessionConfig, Snapshot
+from p2pull.peer.latecomers import Latecomers
 from p2pull.peer.messages import (
     REJECT_BUSY,
     Auth,
+    BlobInfo,
     Bye,
     Cancel,
     Hello,
@@ -28,19 +35,19 @@ from p2pull.peer.messages import (
     Reject,
     Request,
     Unavailable,
+    peers_message,
 )
+from p2pull.peer.serving import Serving
+from p2pull.peer.superseed import SuperSeeder
 from p2pull.ratelimit import UNLIMITED, RateLimiter
 from p2pull.reference import Digest, validate_name
-from p2pull.store.types import BlobStore
-from p2pull.swarm.blobswarm import BlobSwarm, blob_info, peers_message
-from p2pull.swarm.latecomers import Latecomers
+from p2pull.store.types import BlobStore, StoredBlob
+from p2pull.swarm.driver import DriverContext, SessionDriver
 from p2pull.swarm.links import PeerLink, PeerPool, slot
-from p2pull.swarm.superseed import SuperSeeder
+from p2pull.swarm.transport import PeerTransport, TcpTransport
 from p2pull.transfer import Transfer
 
 log = logging.getLogger(__name__)
-
-PUSH_BACKLOG = 2  # relayed chunks (or requests) of one peer waiting for an upload slot, at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +71,22 @@ class SwarmConfig:
     seed_window: float = 15.0
     latecomer_window: float = 60.0  # late askers of a blob are named to the next for this long
 
+    @property
+    def session(self) -> SessionConfig:
+        return SessionConfig(
+            max_in_flight_per_peer=self.max_in_flight_per_peer,
+            request_timeout=self.request_timeout,
+            window=self.window,
+            peers_handout=self.peers_handout,
+            info_timeout=self.info_timeout,
+        )
+
+
+def describe(blob: StoredBlob) -> BlobInfo:
+    """What this node holds of ``blob``, with every chunk hash it knows."""
+    hashes = tuple(blob.chunk_hash(i) or b"" for i in range(blob.bitfield.length))
+    return BlobInfo(str(blob.digest), blob.size, blob.chunk_size, blob.bitfield.to_bytes(), hashes)
+
 
 class SwarmNode:
     """Start with ``await nursery.start(node.run)``; set ``blobs.swarm = node``."""
@@ -78,6 +101,7 @@ class SwarmNode:
         metrics: Metrics,
         clock: Callable[[], float] = trio.current_time,
         download_limit: RateLimiter = UNLIMITED,
+        transport: PeerTransport | None = None,
     ) -> None:
         self.config = config
         self.node_id = config.member.node_id
@@ -86,95 +110,107 @@ class SwarmNode:
         self.blobs = blobs
         self.metrics = metrics
         self.clock = clock
+        self.transport = transport or TcpTransport(host=config.bind_host, port=config.member.port)
         self.pool = PeerPool(
             node_id=self.node_id,
             listen_port=config.member.port,
             secret=config.secret,
             on_message=self._on_message,
             on_closed=self._on_closed,
+            transport=self.transport,
             connect_timeout=config.connect_timeout,
             max_frame=config.max_chunk_size + 65536,
         )
-        self.swarms: dict[Digest, BlobSwarm] = {}
+        self.serving = Serving(
+            slots=config.upload_slots,
+            queue=config.upload_queue,
+            superseed=SuperSeeder(copies=config.seed_copies, window=config.seed_window),
+            latecomers=Latecomers(window=config.latecomer_window),
+            linked=self._linked,
+        )
+        self.drivers: dict[Digest, SessionDriver] = {}
+        self._context = DriverContext(
+            node=NodeContext(self.node_id, membership, self.serving, config.session),
+            links=self.pool,
+            store=store,
+            push=self._push,
+            metrics=metrics,
+            clock=clock,
+            download_limit=download_limit,
+        )
         self._uploads = trio.Semaphore(config.upload_slots)
         self.upload_limit = RateLimiter(config.upload_rate)
         self.download_limit = download_limit  # shared with the origin fetcher: one node budget
-        self._waiting: set[tuple[str, str, int]] = set()  # (peer, digest, index) before a slot
-        self.superseed = SuperSeeder(copies=config.seed_copies, window=config.seed_window)
-        self.latecomers = Latecomers(window=config.latecomer_window)
         self._nursery: trio.Nursery | None = None
         metrics.peer_links.set_function(lambda: len(self.pool.links))
-        metrics.swarms.set_function(lambda: len(self.swarms))
+        metrics.swarms.set_function(lambda: len(self.drivers))
         metrics.swarm_members.set_function(
-            lambda: sum(len(swarm.peer_bits) for swarm in self.swarms.values())
+            lambda: sum(len(d.session.peer_bits) for d in self.drivers.values())
         )
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(
-            self.config.member.port, host=self.config.bind_host
-        )
-        port = int(listeners[0].socket.getsockname()[1])
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.pool.run)
-            nursery.start_soon(trio.serve_listeners, self.pool.accept, listeners)
+            port = await nursery.start(self.transport.serve, self.pool.accept)
             task_status.started(port)
+
+    def snapshots(self) -> list[Snapshot]:
+        """The running sessions, as admin pages show them."""
+        return [driver.session.snapshot() for driver in self.drivers.values()]
 
     # -- SwarmStrategy ---------------------------------------------------------------------------
 
     async def download(self, transfer: Transfer, *, origin: OriginFetcher) -> None:
-        swarm = self._swarm(transfer)
+        driver = self._driver(transfer, origin)
         try:
-            await swarm.run(origin)
+            await driver.run()
         finally:
-            if self.swarms.get(transfer.digest) is swarm:
-                del self.swarms[transfer.digest]
-            self.superseed.stop(str(transfer.digest), now=self.clock())
-            self.latecomers.add(str(transfer.digest), swarm.members - swarm.bad, now=self.clock())
-            self._answer_late_interest(swarm, transfer.digest)
+            if self.drivers.get(transfer.digest) is driver:
+                del self.drivers[transfer.digest]
+            session = driver.session
+            self.serving.swarm_ended(
+                session.digest, session.members - session.bad, now=self.clock()
+            )
+            self._answer_late_interest(driver, transfer.digest)
 
-    def _answer_late_interest(self, swarm: BlobSwarm, digest: Digest) -> None:
-        """Peers whose Interested reached the swarm's inbox after its last look (a small blob
+    def _answer_late_interest(self, driver: SessionDriver, digest: Digest) -> None:
+        """Peers whose Interested reached the session's inbox after its last look (a small blob
         completes in milliseconds) would wait for a BlobInfo that never comes: answer them
-        here, now that this node holds the blob (measured before: 15 s of info timeout, then
-        an origin fetch, for the config blob of half the demo runs)."""
-        for peer in swarm.unhandled_interest():
+        here, now that this node holds the blob (otherwise: 15 s of info timeout, then an
+        origin fetch)."""
+        for peer in driver.unhandled_interest():
             link = self.pool.link(peer)
             if link is not None:
-                # if the swarm failed, it told its members; these time out and retry
+                # if the session failed, it told its members; these time out and retry
                 self._describe_complete(link, digest)
 
     def _describe_complete(self, link: PeerLink, digest: Digest) -> bool:
-        """Send ``link``'s peer our BlobInfo if we hold all of ``digest``; True if sent. No swarm
-        for it runs here any more, so the peer also learns whom else to ask: the peers this
-        node gave chunks to while it still hands each chunk out once (super-seeding lasts a
-        window past the swarm's end: it will refuse the asker those), then the others that
-        asked late and the members of the swarm that ended (``p2pull.swarm.latecomers``).
-        Measured before: a node pulling a small blob 0.1 s after the others waited the 15 s
-        window; nodes starting 9 s after a 128 MiB storm took 27 s, 25 s after it 16-18 s, all
-        from this node."""
+        """Send ``link``'s peer our BlobInfo if we hold all of ``digest``; True if sent. No
+        session for it runs here any more, so the peer also learns whom else to ask
+        (``Serving.referrals``)."""
         blob = self.store.lookup(digest)
         if blob is None or not blob.bitfield.complete:
             return False
-        link.send(blob_info(str(digest), blob))
-        now, asker = self.clock(), link.peer_id
-        holders = self.superseed.recipients(str(digest), now=now, alive=self._linked)
-        referrals = [peer for peer in holders if peer != asker]
-        late = self.latecomers.refer(str(digest), asker, now=now, alive=self._linked)
-        referrals += [peer for peer in late if peer not in referrals]
+        link.send(describe(blob))
+        referrals = self.serving.referrals(
+            str(digest), link.peer_id, now=self.clock(), limit=self.config.peers_handout
+        )
         if referrals:
-            link.send(peers_message(str(digest), referrals[: self.config.peers_handout]))
+            link.send(peers_message(str(digest), referrals))
         return True
 
     def _linked(self, peer: str) -> bool:
         """A live link to ``peer`` is up."""
         return self.pool.link(peer) is not None
 
-    def _swarm(self, transfer: Transfer) -> BlobSwarm:
-        swarm = self.swarms.get(transfer.digest)
-        if swarm is None or swarm.transfer is not transfer:
-            swarm = self.swarms[transfer.digest] = BlobSwarm(self, transfer)
-        return swarm
+    def _driver(self, transfer: Transfer, origin: OriginFetcher | None = None) -> SessionDriver:
+        driver = self.drivers.get(transfer.digest)
+        if driver is None or driver.transfer is not transfer:
+            driver = self.drivers[transfer.digest] = SessionDriver(
+                transfer, origin=origin or self.blobs.origin, context=self._context
+            )
+        return driver
 
     # -- links -----------------------------------------------------------------------------------
 
@@ -182,11 +218,8 @@ class SwarmNode:
         if self.pool.link(link.peer_id) is not None:
             return  # a newer link to the same peer is up
         self.membership.suspect(link.peer_id, now=self.clock())
-        for swarm in list(self.swarms.values()):
-            try:
-                swarm.inbox.send_nowait(("gone", link.peer_id, None))
-            except trio.WouldBlock:
-                log.warning("swarm inbox full; %s loses a peer-gone event", swarm.digest[:19])
+        for driver in list(self.drivers.values()):
+            driver.post_soon(PeerGone(link.peer_id))
 
     async def _on_message(self, link: PeerLink, message: Message) -> None:
         self.membership.alive(link.peer_id)
@@ -197,7 +230,7 @@ class SwarmNode:
             self._on_request(link, message)
             return
         if isinstance(message, Cancel):
-            self._waiting.discard((link.peer_id, message.digest, message.index))
+            self.serving.cancel(link.peer_id, message.digest, message.index)
             return  # an upload already under way finishes; the peer ignores the late copy
         if isinstance(message, Hello | Auth):
             return
@@ -205,9 +238,9 @@ class SwarmNode:
         if isinstance(message, Purge):
             await self.purge(digest, origin=link.peer_id)
             return
-        swarm = self.swarms.get(digest)
-        if swarm is not None:
-            await swarm.post(("msg", link.peer_id, message))
+        driver = self.drivers.get(digest)
+        if driver is not None:
+            await driver.post(PeerMessage(link.peer_id, message))
         elif isinstance(message, Interested):
             await self._on_interested(link, digest, message)
         elif isinstance(message, Push):
@@ -227,7 +260,7 @@ class SwarmNode:
         if transfer is None:
             await self._on_interested(link, digest, message)  # it completed meanwhile
             return
-        await self._swarm(transfer).post(("msg", link.peer_id, message))
+        await self._driver(transfer).post(PeerMessage(link.peer_id, message))
 
     async def purge(self, digest: Digest, *, origin: str) -> bool:
         """Drop a blob on a peer's request (an operator's ``purge --all-nodes``); a blob being
@@ -235,78 +268,69 @@ class SwarmNode:
         if digest in self.blobs.transfers or self.store.lookup(digest) is None:
             return False
         removed = await self.store.remove(digest)
-        self.superseed.forget(str(digest))
-        self.latecomers.forget(str(digest))
+        self.serving.forget(str(digest))
         log.info("purged %s at the request of %s", digest, origin)
         return removed
 
-    def _on_request(self, link: PeerLink, request: Request) -> None:
-        if (
-            self._upload_backlog() >= self.config.upload_slots + self.config.upload_queue
-            or self._nursery is None
-        ):
-            link.send(Reject(request.digest, request.index, REJECT_BUSY))
-            return
-        if not self._seeding_grant(request.digest, request.index, link.peer_id):
-            link.send(Reject(request.digest, request.index, "seeded: ask the peers"))
-            return
-        self._waiting.add((link.peer_id, request.digest, request.index))
-        self._nursery.start_soon(self._upload, link, request)
+    # -- uploads ---------------------------------------------------------------------------------
 
-    def push(self, link: PeerLink, push: Push, *, seeding: bool = False) -> bool:
-        """Send ``push`` (a Have) and then its chunk to ``link``'s peer unasked; the piece waits
-        for an upload slot like a requested one, and the peer may Cancel it. False, and nothing
-        is sent, while PUSH_BACKLOG pushes or requests of that peer already wait for a slot (a
-        receiver whose link is slow asks for the chunk itself when it can take it), or, when
-        ``seeding``, if super-seeding does not grant the chunk to that peer (a grant is spent
-        only on a push that goes out)."""
-        peer = link.peer_id
-        waiting = sum(1 for key in self._waiting if key[0] == peer)
-        if self._nursery is None or waiting >= PUSH_BACKLOG:
-            return False
-        if seeding and not self._seeding_grant(push.digest, push.index, peer):
-            return False
+    def _on_request(self, link: PeerLink, request: Request) -> None:
+        reason: str | None = REJECT_BUSY
+        if self._nursery is not None:
+            reason = self.serving.request(
+                link.peer_id, request.digest, request.index, now=self.clock()
+            )
+        if reason is not None:
+            link.send(Reject(request.digest, request.index, reason))
+            return
+        self._start_upload(link, request)
+
+    def _push(self, peer: str, push: Push) -> None:
+        """Send ``push`` (a Have) and then its chunk to ``peer`` unasked (``Serving.push``
+        admitted it); the piece waits for an upload slot like a requested one, and the peer
+        may Cancel it."""
+        link = self.pool.link(peer)
+        if link is None or self._nursery is None:
+            self.serving.cancel(peer, push.digest, push.index)
+            return
         link.send(push)
         self.metrics.chunks_pushed.inc()
-        self._waiting.add((peer, push.digest, push.index))
-        self._nursery.start_soon(self._upload, link, Request(push.digest, push.index))
-        return True
+        self._start_upload(link, Request(push.digest, push.index))
 
-    def _upload_backlog(self) -> int:
-        """Uploads under way plus requests waiting for a slot."""
-        return self.config.upload_slots - self._uploads.value + len(self._waiting)
-
-    def _seeding_grant(self, digest: str, index: int, peer: str) -> bool:
-        """May ``peer`` have chunk ``index`` of ``digest`` from us (super-seeding,
-        ``p2pull.swarm.superseed``: a chunk this node fetched from the origin goes to one peer,
-        the others get it from that peer)? Records the grant."""
-        return self.superseed.grant(digest, index, peer, now=self.clock(), alive=self._linked)
+    def _start_upload(self, link: PeerLink, request: Request) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._upload, link, request)
 
     async def _upload(self, link: PeerLink, request: Request) -> None:
-        key = (link.peer_id, request.digest, request.index)
+        peer, digest, index = link.peer_id, request.digest, request.index
         try:
             # The link's slot first: a peer that stops reading holds at most its own
             # PIECE_SLOTS_PER_LINK of the node's upload slots, the others keep serving.
             async with slot(link.piece_slots), slot(self._uploads):
-                if key not in self._waiting:
+                if not self.serving.begin(peer, digest, index):
                     return  # cancelled while it waited
-                self._waiting.discard(key)
-                blob = self.store.lookup(Digest.parse(request.digest))
-                if (
-                    blob is None
-                    or not 0 <= request.index < blob.bitfield.length
-                    or not blob.bitfield.has(request.index)
-                ):
-                    link.send(Reject(request.digest, request.index, "not held"))
-                    return
-                _, length = blob.chunk_span(request.index)
-                await self.upload_limit.acquire(length)
                 try:
-                    sent = await link.upload(request.digest, request.index, blob)
-                except (StoreError, P2pullError) as exc:
-                    link.send(Reject(request.digest, request.index, f"store: {exc}"[:1000]))
-                    return
-                if sent:
-                    self.metrics.peer_upload_bytes.inc(length)
+                    await self._send_piece(link, request)
+                finally:
+                    self.serving.end()
         finally:
-            self._waiting.discard(key)
+            self.serving.cancel(peer, digest, index)  # never began: no longer waiting
+
+    async def _send_piece(self, link: PeerLink, request: Request) -> None:
+        blob = self.store.lookup(Digest.parse(request.digest))
+        if (
+            blob is None
+            or not 0 <= request.index < blob.bitfield.length
+            or not blob.bitfield.has(request.index)
+        ):
+            link.send(Reject(request.digest, request.index, "not held"))
+            return
+        _, length = blob.chunk_span(request.index)
+        await self.upload_limit.acquire(length)
+        try:
+            sent = await link.upload(request.digest, request.index, blob)
+        except (StoreError, P2pullError) as exc:
+            link.send(Reject(request.digest, request.index, f"store: {exc}"[:1000]))
+            return
+        if sent:
+            self.metrics.peer_upload_bytes.inc(length)

@@ -26,13 +26,17 @@ class FakeBody:
     piece: int
     truncate_at: int | None
     owner: MemoryUpstream
+    rate: float = 0.0  # bytes per second (0: as fast as the reader takes them)
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         end = len(self.data) if self.truncate_at is None else min(len(self.data), self.truncate_at)
         for offset in range(self.start, end, self.piece):
-            await trio.lowlevel.checkpoint()
             piece = self.data[offset : min(end, offset + self.piece)]
-            self.owner.bytes_sent += len(piece)
+            if self.rate > 0:
+                await trio.sleep(len(piece) / self.rate)
+            else:
+                await trio.lowlevel.checkpoint()
+            self.owner.sent(len(piece))
             yield piece
         if end < len(self.data):
             raise TruncatedBody(f"fake upstream cut the body at {end} of {len(self.data)}")
@@ -40,15 +44,29 @@ class FakeBody:
 
 @dataclass
 class MemoryUpstream:
-    """An upstream registry held in memory; counts the blob bytes it hands out."""
+    """An upstream registry held in memory; counts the blob bytes it hands out. With ``rate``,
+    each response streams at that many bytes per second (trio's clock: simulated time under
+    a MockClock)."""
 
     blobs: dict[Digest, bytes] = field(default_factory=dict)
     manifests: dict[Digest, tuple[str, bytes]] = field(default_factory=dict)
     tags: dict[tuple[str, str], Digest] = field(default_factory=dict)
     piece: int = 64 * 1024
     truncate_at: dict[Digest, int] = field(default_factory=dict)
+    rate: float = 0.0
     bytes_sent: int = 0
     opens: list[tuple[Digest, int]] = field(default_factory=list)
+    _progress: trio.Event = field(default_factory=trio.Event)
+
+    def sent(self, count: int) -> None:
+        self.bytes_sent += count
+        self._progress.set()
+        self._progress = trio.Event()
+
+    async def wait_sent(self, count: int) -> None:
+        """Until the blob bytes handed out reach ``count``."""
+        while self.bytes_sent < count:
+            await self._progress.wait()
 
     def add_blob(self, data: bytes) -> Digest:
         digest = Digest.of(data)
@@ -95,7 +113,8 @@ class MemoryUpstream:
             raise BlobUnknown(f"blob {digest} unknown")
         self.opens.append((digest, start))
         data = self.blobs[digest]
-        yield FakeBody(len(data), start, data, self.piece, self.truncate_at.get(digest), self)
+        truncate = self.truncate_at.get(digest)
+        yield FakeBody(len(data), start, data, self.piece, truncate, self, self.rate)
 
 
 @dataclass

@@ -9,7 +9,8 @@ window).
 
 A relayed piece can overtake the seed's Have that carries its hash (queued behind a piece on the
 seed's link). Such a piece is held in memory, up to a byte budget, and verified once the hash
-comes; it is never stored or served before. Pure bookkeeping: ``BlobSwarm`` does the sending.
+comes; it is never stored or served before. Pure bookkeeping: the blob session
+(``p2pull.peer.session``) does the sending.
 """
 
 from __future__ import annotations

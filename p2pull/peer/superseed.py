@@ -7,7 +7,7 @@ seeds a blob and for ``window`` seconds after, it grants each chunk to at most `
 peers per ``window``; the other requesters are rejected and get the chunk from those peers, who
 announce it with a Have the moment it lands. A requester that comes after the swarm ended (a
 small blob is done in milliseconds) hears from no one: the seed names the ``recipients`` when
-it answers that requester's Interested (and the latecomers: ``p2pull.swarm.latecomers``). A
+it answers that requester's Interested (and the latecomers: ``p2pull.peer.latecomers``). A
 recipient whose link is gone no longer counts (the chunk may have died with it), and after
 ``window`` seconds the seed grants another copy, so a requester that cannot reach any
 recipient is delayed, never stranded.

@@ -1,0 +1,236 @@
+"""The events a blob session is fed and the actions it returns (``p2pull.peer.session``).
+
+Events are what happened (a peer's message, a link, the store, the origin, the local reader);
+actions are what the shell must do. All frozen dataclasses; the shell matches on their types.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from p2pull.bitfield import Bitfield
+from p2pull.membership import Member, Membership
+from p2pull.peer.messages import Message, Push
+from p2pull.peer.serving import Serving
+
+
+class Phase(enum.Enum):
+    LOCATING = "locating"  # dialing the seed
+    ASKING = "asking"  # Interested sent to the seed; the size is not known yet
+    OPENING = "opening"  # the seed described the blob; the local store entry is being made
+    LEECHING = "leeching"  # fetching chunks from peers (another node seeds)
+    SEEDING = "seeding"  # this node fetches what nobody has from the origin
+    DONE = "done"  # every chunk held and announced
+    FAILED = "failed"
+
+
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.LOCATING: frozenset(
+        {Phase.LOCATING, Phase.ASKING, Phase.LEECHING, Phase.SEEDING, Phase.DONE}
+    ),
+    Phase.ASKING: frozenset({Phase.LOCATING, Phase.OPENING, Phase.SEEDING}),
+    Phase.OPENING: frozenset({Phase.LEECHING}),
+    Phase.LEECHING: frozenset({Phase.LOCATING, Phase.SEEDING, Phase.DONE}),
+    Phase.SEEDING: frozenset({Phase.DONE}),
+    Phase.DONE: frozenset(),
+    Phase.FAILED: frozenset(),
+}
+ENDED = frozenset({Phase.DONE, Phase.FAILED})
+
+
+# -- events (what the shell feeds) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMessage:
+    peer: str
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class PeerGone:
+    """The link to ``peer`` closed (and no other link to it is up)."""
+
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkUp:
+    """A ``Dial`` succeeded: an authenticated link to ``peer`` is up."""
+
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class DialFailed:
+    peer: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BlobOpened:
+    """The local store entry exists: after ``OpenBlob``, or made by the origin fetch (the seed),
+    or found at the start (a partial blob from an earlier run). ``hashes[i]`` is the sha256 of
+    chunk i where it is held."""
+
+    size: int
+    chunk_size: int
+    have: Bitfield
+    hashes: tuple[bytes | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The blob cannot be had here: the store refused it, or the origin failed."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkLanded:
+    """Chunk ``index`` is in the store (verified) with this sha256; ``source`` is "origin" or
+    "peer". Fed for every chunk that lands; a second report of one chunk changes nothing."""
+
+    index: int
+    sha256: bytes
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class PieceStored:
+    """The result of ``WritePiece``: it matched and is stored."""
+
+    peer: str
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class PieceCorrupt:
+    """The result of ``WritePiece``: the bytes do not match the expected sha256."""
+
+    peer: str
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class OriginDone:
+    """The origin fetch started by ``StartOrigin`` returned: everything it was asked for is in."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderWants:
+    """A local reader waits for chunk ``index`` (None: nobody waits)."""
+
+    index: int | None
+
+
+Event = (
+    PeerMessage
+    | PeerGone
+    | LinkUp
+    | DialFailed
+    | BlobOpened
+    | Failed
+    | ChunkLanded
+    | PieceStored
+    | PieceCorrupt
+    | OriginDone
+    | ReaderWants
+)
+
+
+# -- actions (what the shell carries out) --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``message`` on the link to ``peer`` (dropped if no link is up)."""
+
+    peer: str
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Dial:
+    """Connect to ``member``; answer with ``LinkUp`` or ``DialFailed``."""
+
+    member: Member
+
+
+@dataclass(frozen=True, slots=True)
+class OpenBlob:
+    """Make the local store entry; answer with ``BlobOpened`` or ``Failed`` before any other
+    event."""
+
+    size: int
+    chunk_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class WritePiece:
+    """Verify ``data`` against ``expected`` and store it; answer with ``PieceStored`` (and
+    ``ChunkLanded``) or ``PieceCorrupt``. A chunk that landed meanwhile needs no answer."""
+
+    peer: str
+    index: int
+    data: bytes
+    expected: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StartOrigin:
+    """Fetch from the origin the missing chunks ``origin_wants`` says yes to; answer with
+    ``ChunkLanded`` per chunk, then ``OriginDone`` or ``Failed``."""
+
+
+@dataclass(frozen=True, slots=True)
+class PushPiece:
+    """Send ``push`` to ``peer``, then upload that chunk (``Serving.push`` admitted it)."""
+
+    peer: str
+    push: Push
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The session is over: complete (``error`` None) or failed."""
+
+    error: str | None
+
+
+Action = Send | Dial | OpenBlob | WritePiece | StartOrigin | PushPiece | Finish
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    max_in_flight_per_peer: int = 4
+    request_timeout: float = 30.0  # a 4 MiB piece behind a few others on a slow uplink
+    window: int = 4  # chunks from the one a local reader waits on, asked for first
+    peers_handout: int = 32
+    info_timeout: float = 15.0  # the seed's BlobInfo, or any progress, within this
+    busy_retry: float = 0.5  # before asking a peer that answered "busy" for that chunk again
+
+
+@dataclass(frozen=True, slots=True)
+class NodeContext:
+    """What a session shares with its node: pure objects, read and updated synchronously."""
+
+    node_id: str
+    membership: Membership
+    serving: Serving
+    config: SessionConfig = SessionConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What admin pages and metrics read of a session."""
+
+    digest: str
+    phase: Phase
+    seeding: bool
+    seed: str | None
+    peers: int
+    members: int
+    chunks: int
+    held: int

@@ -1,0 +1,285 @@
+"""Whole swarms in one process: the agent's swarm code over the in-memory peer network, in
+simulated time (MockClock, autojump). No sleeps: a test that waits 30 s of protocol time takes
+milliseconds, and the same seed replays the same message trace."""
+
+from __future__ import annotations
+
+import collections
+import random
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+import trio
+import trio.testing
+
+from p2pull.peer.events import SessionConfig
+from p2pull.reference import Digest
+from p2pull.store.types import ByteSink, StoredBlob
+from p2pull.swarm.links import PeerLink
+from p2pull.swarm.node import SwarmConfig
+from p2pull.testing.fakes import MemoryUpstream
+from tests.memswarm import MemNode, MemSwarm, deterministic, mem_swarm
+
+KIB = 1024
+MBIT = 1_000_000 / 8  # bytes per second
+
+
+def blob(origin: MemoryUpstream, size: int, seed: int = 1) -> tuple[Digest, bytes]:
+    data = random.Random(seed).randbytes(size)
+    return origin.add_blob(data), data
+
+
+async def pull_all(
+    swarm: MemSwarm, digest: Digest, nodes: list[MemNode] | None = None
+) -> dict[int, float]:
+    """Every node (or ``nodes``) pulls ``digest`` at once; seconds each took, by node index."""
+    took: dict[int, float] = {}
+    start = trio.current_time()
+
+    async def pull(node: MemNode) -> None:
+        await swarm.pull(node, digest)
+        took[node.index] = trio.current_time() - start
+
+    async with trio.open_nursery() as nursery:
+        for node in swarm.nodes if nodes is None else nodes:
+            nursery.start_soon(pull, node)
+    return took
+
+
+def total(swarm: MemSwarm, metric: str, **labels: str) -> float:
+    return sum(node.value(metric, **labels) for node in swarm.nodes)
+
+
+async def test_three_nodes_pull_a_blob_the_origin_sends_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    deterministic(1)
+    origin = MemoryUpstream(rate=100 * MBIT)
+    digest, data = blob(origin, 1 << 20)
+    async with mem_swarm(3, origin=origin, up=100 * MBIT, down=100 * MBIT) as swarm:
+        took = await pull_all(swarm, digest)
+        seed = swarm.seed_of(digest)
+        assert sorted(took) == [0, 1, 2]
+        assert origin.bytes_sent == len(data)
+        for node in swarm.nodes:
+            from_peers = node.value("p2pull_fetched_bytes_total", source="peer")
+            assert from_peers == (0 if node is seed else len(data))
+        # 1 MiB at 100 Mbit/s is 0.084 s: the leeches are at most one hop of chunks behind
+        assert max(took.values()) < 0.2
+
+
+async def test_two_hundred_nodes_pull_a_blob_the_origin_sends_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    deterministic(2)
+    origin = MemoryUpstream(rate=100 * MBIT)
+    digest, data = blob(origin, 256 * KIB)
+
+    def few_peers(config: SwarmConfig) -> SwarmConfig:
+        return replace(config, peers_handout=8)
+
+    async with mem_swarm(
+        200, origin=origin, up=100 * MBIT, down=100 * MBIT, config=few_peers
+    ) as swarm:
+        took = await pull_all(swarm, digest)
+        assert len(took) == 200
+        assert origin.bytes_sent == len(data)
+        links = [len(node.node.pool.links) for node in swarm.nodes]
+        assert max(links) < 200  # not a full mesh
+
+
+async def _small_storm(seed: int) -> list[tuple[float, str, str, str, int]]:
+    deterministic(seed)
+    origin = MemoryUpstream(rate=50 * MBIT)
+    digest, _ = blob(origin, 512 * KIB)
+    async with mem_swarm(5, origin=origin, up=50 * MBIT, down=50 * MBIT, seed=seed) as swarm:
+        await pull_all(swarm, digest)
+        return list(swarm.trace)
+
+
+def test_the_same_seed_replays_the_same_message_trace() -> None:
+    def storm(seed: int) -> list[tuple[float, str, str, str, int]]:
+        clock = trio.testing.MockClock(autojump_threshold=0)  # each run's clock starts at 0
+        return trio.run(_small_storm, seed, clock=clock)
+
+    first = storm(7)
+    assert len(first) > 100
+    assert storm(7) == first
+
+
+async def test_the_seed_killed_mid_transfer_the_next_takes_over_with_what_nobody_has(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    deterministic(3)
+    size = 2 << 20
+    origin = MemoryUpstream(rate=8 * MBIT)  # 2 s for the blob
+    digest, _ = blob(origin, size)
+    async with mem_swarm(5, origin=origin, up=100 * MBIT, down=100 * MBIT) as swarm:
+        seed = swarm.seed_of(digest)
+        others = [node for node in swarm.nodes if node is not seed]
+        took: dict[int, float] = {}
+        async with trio.open_nursery() as nursery:
+
+            async def pull(node: MemNode) -> None:
+                await swarm.pull(node, digest)
+                took[node.index] = trio.current_time()
+
+            for node in others:
+                nursery.start_soon(pull, node)
+            nursery.start_soon(swarm.pull, seed, digest)  # ends with the node
+            await origin.wait_sent(int(0.4 * size))
+            swarm.kill(seed)
+        assert sorted(took) == sorted(node.index for node in others)
+        assert origin.bytes_sent <= 1.5 * size
+        resumed = [start for _, start in origin.opens if start > 0]
+        assert resumed and min(resumed) >= 0.3 * size  # from what nobody had, not from 0
+
+
+class _Corrupting:
+    """A store that hands its peers every chunk with one byte flipped (its own reads are fine)."""
+
+    def __init__(self, inner: StoredBlob) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def send(self, sink: ByteSink, *, offset: int, length: int) -> None:
+        data = bytearray(await self._inner.read(offset, length))
+        data[0] ^= 0xFF
+        await sink.write(bytes(data))
+
+
+async def test_a_peer_serving_corrupt_chunks_is_dropped_and_every_pull_is_right(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    deterministic(4)
+    origin = MemoryUpstream(rate=20 * MBIT)
+    digest, _ = blob(origin, 1 << 20)
+    async with mem_swarm(5, origin=origin, up=20 * MBIT, down=20 * MBIT) as swarm:
+        liar = next(node for node in swarm.nodes if node is not swarm.seed_of(digest))
+        real_send_piece = liar.node._send_piece
+
+        async def send_corrupt(link: PeerLink, request: object) -> None:
+            real = liar.store.lookup(digest)
+            assert real is not None
+            lookup = liar.store.lookup
+            liar.store.lookup = lambda d: _Corrupting(real)  # type: ignore[method-assign,assignment,return-value]
+            try:
+                await real_send_piece(link, request)  # type: ignore[arg-type]
+            finally:
+                liar.store.lookup = lookup  # type: ignore[method-assign]
+
+        liar.node._send_piece = send_corrupt  # type: ignore[method-assign]
+        took = await pull_all(swarm, digest)  # each pull checks the digest of what it got
+        assert len(took) == 5
+        assert total(swarm, "p2pull_chunks_rejected_total") > 0
+        assert liar.value("p2pull_chunks_rejected_total") == 0  # nobody lied to it
+
+
+async def test_a_peer_that_never_sends_the_pieces_it_promised_is_worked_around(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    deterministic(5)
+    origin = MemoryUpstream(rate=20 * MBIT)
+    digest, _ = blob(origin, 1 << 20)
+    async with mem_swarm(5, origin=origin, up=20 * MBIT, down=20 * MBIT) as swarm:
+        staller = next(node for node in swarm.nodes if node is not swarm.seed_of(digest))
+
+        async def stall(link: PeerLink, request: object) -> None:
+            await trio.sleep_forever()
+
+        staller.node._send_piece = stall  # type: ignore[method-assign]
+        others = [node for node in swarm.nodes if node is not staller]
+        took = await pull_all(swarm, digest, others)
+        assert len(took) == 4
+        # requests to it expire after the 30 s request timeout and go elsewhere
+        assert max(took.values()) < 2 * SessionConfig().request_timeout
+
+
+async def test_late_askers_pull_from_the_holders_and_each_other_not_the_seed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    deterministic(6)
+    size = 2 << 20
+    origin = MemoryUpstream(rate=100 * MBIT)
+    digest, _ = blob(origin, size)
+    async with mem_swarm(8, origin=origin, up=50 * MBIT, down=50 * MBIT) as swarm:
+        seed = swarm.seed_of(digest)
+        early = [seed, *[n for n in swarm.nodes if n is not seed][:3]]
+        late = [n for n in swarm.nodes if n not in early]
+        await pull_all(swarm, digest, early)
+        uploaded = seed.value("p2pull_peer_upload_bytes_total")
+        await trio.sleep(9)  # the storm is over; super-seeding still caps the seed
+        took = await pull_all(swarm, digest, late)
+        assert len(took) == 4
+        assert origin.bytes_sent == size
+        # the seed still hands each chunk out once (super-seeding): the late four get the blob
+        # from the others (without the cap: 0.84 copies from the seed)
+        assert seed.value("p2pull_peer_upload_bytes_total") - uploaded <= 0.25 * size
+        # 2 MiB at 50 Mbit/s is 0.34 s: nobody waited for a window or a timeout
+        assert max(took.values()) < 2
+
+
+async def test_fresh_chunks_travel_by_push_and_the_seed_uploads_each_about_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    deterministic(8)
+    size = 4 << 20
+    origin = MemoryUpstream(rate=50 * MBIT)
+    digest, _ = blob(origin, size)
+    async with mem_swarm(8, origin=origin, up=50 * MBIT, down=50 * MBIT) as swarm:
+        await pull_all(swarm, digest)
+        seed = swarm.seed_of(digest)
+        kinds = collections.Counter(entry[3] for entry in swarm.trace)
+        chunks = size // (64 * KIB)
+        # 7 leeches x 64 chunks: most arrive pushed (the seed to one relay, the relay to all)
+        assert kinds["Push"] >= 0.8 * 7 * chunks
+        assert kinds["Request"] < kinds["Push"]
+        # super-seeding: each chunk leaves the seed's uplink once (without the cap: 1.2 copies)
+        assert seed.value("p2pull_peer_upload_bytes_total") <= 1.1 * size
+
+
+async def test_a_member_leaving_mid_blob_changes_nothing_for_the_others(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    deterministic(9)
+    size = 2 << 20
+    origin = MemoryUpstream(rate=10 * MBIT)
+    digest, _ = blob(origin, size)
+    async with mem_swarm(6, origin=origin, up=50 * MBIT, down=50 * MBIT) as swarm:
+        seed = swarm.seed_of(digest)
+        leaver = next(n for n in swarm.nodes if n is not seed)
+        stay = [n for n in swarm.nodes if n is not leaver]
+        took: dict[int, float] = {}
+        async with trio.open_nursery() as nursery:
+
+            async def pull(node: MemNode) -> None:
+                await swarm.pull(node, digest)
+                took[node.index] = trio.current_time()
+
+            for node in stay:
+                nursery.start_soon(pull, node)
+            nursery.start_soon(swarm.pull, leaver, digest)
+            await origin.wait_sent(size // 2)
+            swarm.kill(leaver)
+            for node in stay:
+                others = [n.member for n in swarm.nodes if n is not leaver]
+                node.membership.update_source("static", others, now=trio.current_time())
+        assert len(took) == len(stay)
+        assert origin.bytes_sent == size
+
+
+@pytest.mark.parametrize("count", [2, 4])
+async def test_small_swarms_finish_within_a_hop_of_the_origin(
+    autojump_clock: trio.testing.MockClock, count: int
+) -> None:
+    deterministic(count)
+    origin = MemoryUpstream(rate=50 * MBIT)
+    digest, data = blob(origin, 1 << 20)
+    rates: Callable[[int], float] = lambda i: 50 * MBIT  # noqa: E731
+    async with mem_swarm(count, origin=origin, up=rates(0), down=rates(0)) as swarm:
+        took = await pull_all(swarm, digest)
+    bound = len(data) / (50 * MBIT)
+    assert max(took.values()) < 1.5 * bound
