@@ -46,7 +46,10 @@ COALESCE_MAX = 64 * 1024  # small frames queued together go out in one send, up 
 WRITE_STALL = 30.0
 WRITE_MIN_RATE = 64 * 1024  # bytes per second
 SEND_BUFFER_ALLOWANCE = 4 * 1024 * 1024  # what the kernel may still hold ahead of the frame
-MAX_INBOUND_HANDSHAKES = 128  # unauthenticated inbound connections at once; more are closed
+# Unauthenticated inbound connections at once; more are closed. A handshake takes milliseconds,
+# so only a burst reaches it: every node of a large cluster dialing one seed at the start of a
+# pull storm (200 at once in tests/test_swarm_memory.py), or strangers holding connections.
+MAX_INBOUND_HANDSHAKES = 1024
 
 
 Outgoing: TypeAlias = bytes | FileRegion
@@ -294,7 +297,8 @@ class PeerPool:
             with trio.fail_after(self._connect_timeout):
                 stream = await self.transport.connect(member.host, member.port)
             return await self._establish(stream, expect=member.node_id)
-        except (OSError, trio.TooSlowError) as exc:
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            # (broken: the peer closed during the handshake, e.g. at its handshake cap)
             raise PeerUnreachable(f"cannot reach peer {member.node_id}: {exc}") from exc
         finally:
             del self._dialing[member.node_id]
