@@ -203,12 +203,13 @@ class BlobService:
         except P2pullError as exc:
             log.warning("transfer of %s failed: %s", transfer.digest, exc)
             if not isinstance(exc, StoreError | BlobUnavailable):
-                exc = BlobUnavailable(f"{transfer.digest}: {exc}")
+                exc = _caused_by(BlobUnavailable(f"{transfer.digest}: {exc}"), exc)
             transfer.fail(exc)
         except Exception as exc:
             # A bug in one transfer must not take the agent (and every other pull) down.
             log.exception("transfer of %s crashed", transfer.digest)
-            transfer.fail(BlobUnavailable(f"{transfer.digest}: internal error: {exc!r}"[:500]))
+            message = f"{transfer.digest}: internal error: {exc!r}"[:500]
+            transfer.fail(_caused_by(BlobUnavailable(message), exc))
         finally:
             # Failed or cancelled (the agent is stopping): record every chunk that landed, so a
             # restart resumes after them instead of refetching up to persist_every chunks.
@@ -218,3 +219,10 @@ class BlobService:
             if self._transfers.get(transfer.digest) is transfer:  # not a retry started meanwhile
                 del self._transfers[transfer.digest]
             transfer.notify()
+
+
+def _caused_by(error: P2pullError, cause: BaseException) -> P2pullError:
+    """``error`` with ``cause`` as its ``__cause__`` (what decides what a client is told:
+    P2pullError.client_message)."""
+    error.__cause__ = cause
+    return error

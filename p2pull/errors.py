@@ -12,10 +12,23 @@ class P2pullError(Exception):
 
     oci_code = "UNKNOWN"
     http_status = 500
-    # What a client is told of a 5xx (the agent's or the upstream's failure, not the client's):
-    # a fixed text. The error's own message names addresses and how a connection failed, which
-    # would tell a client what listens where; it goes to the agent's log.
+    # What a client is told of a 5xx caused by a library or OS error (a connection that failed,
+    # a disk): a fixed text. How a connection failed (refused, a TLS error from a plain
+    # listener, a timeout) would tell a client what listens where; it goes to the log.
     public_message = "internal error in the p2pull agent"
+
+    def client_message(self) -> str:
+        """The text a client gets: the error's own for its own mistakes (4xx) and for failures
+        p2pull or an upstream's answer explain (``401 and no usable credentials``); the fixed
+        ``public_message`` when a library or OS error caused it (in the ``__cause__`` chain)."""
+        if self.http_status < 500:
+            return str(self)
+        cause = self.__cause__
+        while cause is not None:
+            if not isinstance(cause, P2pullError):
+                return self.public_message
+            cause = cause.__cause__
+        return str(self)
 
 
 class InvalidReference(P2pullError):

@@ -132,11 +132,9 @@ class Mirror:
         headers: list[tuple[str, str]] = []
         if isinstance(exc, RangeNotSatisfiable):
             headers.append(("content-range", f"bytes */{exc.size}"))
-        message = str(exc)
-        if exc.http_status >= 500:  # the client hears a fixed text; the details are logged
+        if exc.http_status >= 500:
             log.warning("answering %d %s: %s", exc.http_status, exc.oci_code, exc)
-            message = exc.public_message
-        return error_response(exc.http_status, exc.oci_code, message, headers=headers)
+        return error_response(exc.http_status, exc.oci_code, exc.client_message(), headers=headers)
 
     def _route(self, request: Request) -> tuple[str, Callable[[Request], Awaitable[Response]]]:
         if request.path in ("/v2", "/v2/"):

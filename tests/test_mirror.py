@@ -13,7 +13,7 @@ import httpx
 import pytest
 import trio
 
-from p2pull.errors import BlobUnavailable, UpstreamError
+from p2pull.errors import BlobUnavailable, UpstreamAuthError, UpstreamError
 from p2pull.metrics import Metrics
 from p2pull.reference import Digest, ManifestRef
 from p2pull.testing.fakes import FakeBody, MemoryUpstream
@@ -465,26 +465,35 @@ async def test_passthrough_never_completes_a_body_with_wrong_bytes(
             await m.client.get(f"/v2/{NAME}/blobs/{digest}")
 
 
-async def test_upstream_failures_reach_the_client_as_a_fixed_text(
+async def test_a_failed_connection_reaches_the_client_as_a_fixed_text(
     tmp_path: Path, upstream: MemoryUpstream
 ) -> None:
     """How a connection failed (refused, a TLS error from a plain listener, a timeout) told a
-    client which ports were open where; that detail goes to the log only."""
-    detail = "GET https://10.1.2.3:22/v2/: ConnectError: [SSL: WRONG_VERSION_NUMBER]"
+    client which ports were open where; that detail goes to the log only. What an upstream
+    answered (a 401, a 5xx) is still said."""
+    failures = {
+        "connect": UpstreamError("GET https://10.1.2.3:22/v2/: ConnectError: [SSL] wrong version"),
+        "answer": UpstreamAuthError("GET /v2/team/app/blobs/x: 401 and no usable credentials"),
+    }
+    failures["connect"].__cause__ = httpx.ConnectError("[SSL: WRONG_VERSION_NUMBER]")
+    answers = {}
+    for kind, failure in failures.items():
 
-    @asynccontextmanager
-    async def refuse(*args: object, **kwargs: object) -> AsyncIterator[FakeBody]:
-        await trio.lowlevel.checkpoint()
-        raise UpstreamError(detail)
-        yield  # type: ignore[unreachable]
+        @asynccontextmanager
+        async def refuse(
+            *args: object, failure: Exception = failure, **kwargs: object
+        ) -> AsyncIterator[FakeBody]:
+            await trio.lowlevel.checkpoint()
+            raise failure
+            yield  # type: ignore[unreachable]
 
-    upstream.open_blob = refuse  # type: ignore[method-assign]
-    async with running_mirror(tmp_path, upstream) as m:
-        response = await m.client.get(f"/v2/{NAME}/blobs/sha256:{'c' * 64}?ns=reg.example")
-    assert response.status_code == 502
-    error = response.json()["errors"][0]
-    assert error["message"] == BlobUnavailable.public_message
-    assert "10.1.2.3" not in response.text and "SSL" not in response.text
+        upstream.open_blob = refuse  # type: ignore[method-assign]
+        async with running_mirror(tmp_path / kind, upstream) as m:
+            answers[kind] = await m.client.get(f"/v2/{NAME}/blobs/sha256:{'c' * 64}?ns=r.example")
+    assert answers["connect"].status_code == 502
+    assert answers["connect"].json()["errors"][0]["message"] == BlobUnavailable.public_message
+    assert "10.1.2.3" not in answers["connect"].text and "SSL" not in answers["connect"].text
+    assert "401 and no usable credentials" in answers["answer"].json()["errors"][0]["message"]
 
 
 async def test_a_transfer_failing_for_one_ns_is_retried_from_another_clients_ns(
