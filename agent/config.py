@@ -55,6 +55,8 @@ class AgentConfig:
     upload_rate: int = 0
     download_rate: int = 0
     max_uploads: int = 4
+    mirror_max_connections: int = 1024
+    metrics_max_connections: int = 64
     log_level: str = "INFO"
     log_format: str = "json"
     containerd_config: str = "auto"  # a config.toml path, "auto" or "off"
@@ -213,6 +215,17 @@ def add_agent_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str])
         default="4",
         help="chunks uploaded to peers at once (at most 2 per peer)",
     )
+    opt(
+        "--mirror-max-connections",
+        default="1024",
+        help="connections the mirror holds at once; at the cap a new one closes the one waiting "
+        "longest for a request (all busy: 503)",
+    )
+    opt(
+        "--metrics-max-connections",
+        default="64",
+        help="the same for the /metrics, /healthz, /readyz server",
+    )
     opt("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS, help="log level")
     opt("--log-format", default="json", choices=("json", "text"), help="json lines or text")
 
@@ -311,6 +324,10 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = N
         upload_rate=parse_size(args.upload_rate),
         download_rate=parse_size(args.download_rate),
         max_uploads=_positive(args.max_uploads, "--max-uploads"),
+        mirror_max_connections=_positive(args.mirror_max_connections, "--mirror-max-connections"),
+        metrics_max_connections=_positive(
+            args.metrics_max_connections, "--metrics-max-connections"
+        ),
         log_level=level,
         log_format=_choice(args, "--log-format", ("json", "text")),
         containerd_config=args.check_containerd,

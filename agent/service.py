@@ -22,7 +22,7 @@ from p2pull.containerd_check import ContainerdCheck, State, inspect
 from p2pull.discovery.dns import DnsDiscovery
 from p2pull.discovery.mdns import MdnsDiscovery
 from p2pull.discovery.static import StaticDiscovery
-from p2pull.httpserver import HttpServer, Request, Response
+from p2pull.httpserver import Handler, HttpServer, Request, Response, ServerLimits
 from p2pull.imagewalk import PREFETCH_HEADER
 from p2pull.manifests import ManifestService
 from p2pull.membership import Member, Membership
@@ -32,8 +32,11 @@ from p2pull.ratelimit import RateLimiter
 from p2pull.sizes import SizeHints
 from p2pull.store.disk import DiskStore
 from p2pull.swarm.node import SwarmConfig, SwarmNode
+from p2pull.upstream.addresses import AddressPolicy
 from p2pull.upstream.client import RegistrySet
 from p2pull.upstream.credentials import Credentials
+from p2pull.upstream.endpoints import listed_origins
+from p2pull.upstream.guard import guarded_transport
 
 log = logging.getLogger(__name__)
 
@@ -186,14 +189,24 @@ class Agent:
         self.store = store
         store.min_free_bytes = config.min_free_disk
         store.on_evict = self.metrics.store_evictions.inc
+        store.on_chunk_lost = self.metrics.store_chunks_lost.inc
         self.download_limit = RateLimiter(config.download_rate)
         self.metrics.store_quota_bytes.set(config.store_quota)
         self.metrics.store_bytes.set_function(lambda: store.used_bytes)
         credentials = Credentials.load(config.credentials_file) if config.credentials_file else None
         await self._check_containerd()
+        # Only the registries the operator listed may be on loopback, link-local or metadata
+        # addresses; any other host a client's ns (or a redirect) names is checked when it is
+        # connected to (p2pull.upstream.addresses).
+        policy = AddressPolicy.trusting(listed_origins(config.upstreams, config.default_upstream))
+        refused = self.metrics.upstream_refused
         async with httpx.AsyncClient(
             timeout=httpx.Timeout(connect=10.0, read=60.0, write=30.0, pool=30.0),
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            transport=guarded_transport(
+                policy,
+                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+                on_refused=lambda reason: refused.labels(reason).inc(),
+            ),
             follow_redirects=False,
         ) as http:
             upstreams = RegistrySet(
@@ -243,16 +256,16 @@ class Agent:
                     peer_port = await self._start_swarm(nursery, secret, store, blobs)
                 mirror_port = await start_listener(
                     nursery,
-                    HttpServer(
-                        serve_mirror, host=config.mirror_addr.host, port=config.mirror_addr.port
+                    self._http_server(
+                        "mirror", serve_mirror, config.mirror_addr, config.mirror_max_connections
                     ).run,
                     flag="--mirror-addr",
                     addr=config.mirror_addr,
                 )
                 metrics_port = await start_listener(
                     nursery,
-                    HttpServer(
-                        self._health, host=config.metrics_addr.host, port=config.metrics_addr.port
+                    self._http_server(
+                        "metrics", self._health, config.metrics_addr, config.metrics_max_connections
                     ).run,
                     flag="--metrics-addr",
                     addr=config.metrics_addr,
@@ -270,6 +283,18 @@ class Agent:
                     AgentPorts(mirror=mirror_port, metrics=metrics_port, peer=peer_port)
                 )
 
+    def _http_server(
+        self, name: str, handler: Handler, addr: HostPort, max_connections: int
+    ) -> HttpServer:
+        refused = self.metrics.http_refused
+        return HttpServer(
+            handler,
+            host=addr.host,
+            port=addr.port,
+            limits=ServerLimits(max_connections=max_connections),
+            on_refused=lambda reason: refused.labels(name, reason).inc(),
+        )
+
     async def _start_swarm(
         self, nursery: trio.Nursery, secret: bytes, store: DiskStore, blobs: BlobService
     ) -> int:
@@ -285,7 +310,9 @@ class Agent:
                 member=member,
                 secret=secret,
                 bind_host=config.peer_addr.host,
-                max_chunk_size=max(config.chunk_size, 64 * 1024 * 1024),
+                # Frames after the handshake: one chunk of this size plus a Piece header. A peer's
+                # blob with larger chunks is fetched from elsewhere (p2pull.peer.wire).
+                max_chunk_size=config.chunk_size,
                 upload_slots=config.max_uploads,
                 upload_rate=config.upload_rate,
             ),

@@ -16,13 +16,12 @@ import trio
 
 from p2pull import __version__
 from p2pull.blobs import BlobService
-from p2pull.errors import NameInvalid, P2pullError
+from p2pull.errors import P2pullError
 from p2pull.httpserver import Request, Response
 from p2pull.membership import Member, Membership
 from p2pull.metrics import Metrics
-from p2pull.mirror import NS_RE
 from p2pull.peer.messages import Interested, Message, Purge
-from p2pull.reference import Digest, validate_name
+from p2pull.reference import Digest, RegistryHost, validate_name
 from p2pull.store.types import BlobStore
 from p2pull.swarm.node import SwarmNode
 
@@ -101,8 +100,8 @@ class Admin:
         try:
             name = validate_name(query.get("name", ""))
             ns = query.get("ns") or None
-            if ns is not None and NS_RE.fullmatch(ns) is None:
-                raise NameInvalid(f"invalid ns {ns[:80]!r}")
+            if ns is not None:
+                ns = str(RegistryHost.parse(ns))
             digests = [Digest.parse(d) for d in query.get("digests", "").split(",") if d]
         except P2pullError as exc:
             return _json(400, {"error": str(exc)})

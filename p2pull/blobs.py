@@ -20,6 +20,7 @@ import trio
 
 from p2pull.errors import (
     BlobUnavailable,
+    ChunkLost,
     DigestMismatch,
     NotFound,
     P2pullError,
@@ -33,7 +34,7 @@ from p2pull.ratelimit import UNLIMITED, RateLimiter
 from p2pull.reference import Digest
 from p2pull.sizes import SizeHints
 from p2pull.store.types import BlobStore, StoredBlob
-from p2pull.transfer import BlobReader, PendingReader, Transfer
+from p2pull.transfer import MAX_REFETCHES, BlobReader, PendingReader, Refetch, Transfer
 from p2pull.upstream.types import Upstreams
 
 __all__ = ["BlobReader", "BlobService", "ResumePolicy", "SwarmStrategy", "Transfer"]
@@ -41,6 +42,8 @@ __all__ = ["BlobReader", "BlobService", "ResumePolicy", "SwarmStrategy", "Transf
 log = logging.getLogger(__name__)
 
 EARLY_HEADERS = 5.0  # seconds a request waits for the size before a manifest's size answers
+
+SEAL_ROUNDS = 3  # fetch-and-seal rounds of one transfer: chunks lost to rot are fetched again
 
 
 class SwarmStrategy(Protocol):
@@ -110,29 +113,44 @@ class BlobService:
         """A reader for ``digest``; waits only until the size is known (response headers), or
         ``early_headers`` seconds when a manifest named the size (``p2pull.sizes``): a slow or
         failing origin then does not keep the client from its headers. When the store is full
-        (quota or low disk) the blob is passed through uncached."""
-        blob = self._store.lookup(digest)
-        if blob is not None and blob.complete:
-            return BlobReader(blob=blob, transfer=None, store=self._store)
-        transfer = self._transfers.get(digest)
-        if transfer is None:
-            transfer = self._start(ns, name, digest, blob)
+        (quota or low disk) the blob is passed through uncached.
+
+        Transfers are single flight by digest, whichever client's ``ns`` started one; a client
+        whose ``ns`` differs from a transfer that fails starts (or joins) one from its own,
+        instead of sharing an error that another client's registry caused."""
+        refetch = self._refetch(ns, name, digest)
+        transfer = self.ensure(ns, name, digest)
         hint = self._sizes.get(digest)
-        try:
-            with trio.move_on_after(math.inf if hint is None else self._early_headers):
-                blob = await transfer.wait_blob()
-        except StoreFull as exc:
-            log.warning("not caching %s: %s; passing it through", digest, exc)
-            return await self._pass_through(ns, name, digest)
-        if transfer.blob is None:
-            assert hint is not None
-            return PendingReader(
-                transfer=transfer,
-                size=hint,
-                store=self._store,
-                pass_through=lambda: self._pass_through(ns, name, digest),
-            )
-        return BlobReader(blob=transfer.blob, transfer=transfer, store=self._store)
+        for _ in range(MAX_REFETCHES + 1):
+            if transfer is None:  # complete locally
+                blob = self._store.lookup(digest)
+                assert blob is not None
+                return BlobReader(blob=blob, transfer=None, store=self._store, refetch=refetch)
+            try:
+                with trio.move_on_after(math.inf if hint is None else self._early_headers):
+                    await transfer.wait_blob()
+                if transfer.blob is None:
+                    assert hint is not None
+                    return PendingReader(
+                        transfer=transfer,
+                        size=hint,
+                        store=self._store,
+                        pass_through=lambda: self._pass_through(ns, name, digest),
+                        refetch=refetch,
+                    )
+                blob = transfer.blob
+            except StoreFull as exc:
+                log.warning("not caching %s: %s; passing it through", digest, exc)
+                return await self._pass_through(ns, name, digest)
+            except P2pullError:
+                again = refetch(transfer)
+                if again is None:
+                    raise
+                transfer = again
+                continue
+            return BlobReader(blob=blob, transfer=transfer, store=self._store, refetch=refetch)
+        assert transfer is not None and transfer.error is not None
+        raise transfer.error
 
     async def _pass_through(self, ns: str | None, name: str, digest: Digest) -> PassThroughReader:
         self._metrics.passthrough_blobs.inc()
@@ -141,11 +159,33 @@ class BlobService:
         return PassThroughReader(upstream=upstream, name=name, digest=digest, size=size)
 
     def ensure(self, ns: str | None, name: str, digest: Digest) -> Transfer | None:
-        """Start (or join) the transfer of ``digest`` unless it is complete locally."""
+        """Start (or join) the transfer of ``digest`` unless it is complete locally. A transfer
+        that failed is never joined (its task may still be finishing)."""
         blob = self._store.lookup(digest)
         if blob is not None and blob.complete:
             return None
-        return self._transfers.get(digest) or self._start(ns, name, digest, blob)
+        running = self._transfers.get(digest)
+        if running is not None and running.error is None:
+            return running
+        return self._start(ns, name, digest, blob)
+
+    def _refetch(self, ns: str | None, name: str, digest: Digest) -> Refetch:
+        """What a reader with ``ns`` follows next (p2pull.transfer.Refetch): a failed transfer is
+        retried only from another ns (the reader's own), never after a store error."""
+
+        def refetch(failed: Transfer | None) -> Transfer | None:
+            if failed is not None and (failed.ns == ns or isinstance(failed.error, StoreError)):
+                return None
+            if failed is not None:
+                log.info(
+                    "transfer of %s from ns %s failed; trying the reader's ns %s",
+                    digest,
+                    failed.ns,
+                    ns,
+                )
+            return self.ensure(ns, name, digest)
+
+        return refetch
 
     def _start(
         self, ns: str | None, name: str, digest: Digest, blob: StoredBlob | None
@@ -157,8 +197,10 @@ class BlobService:
         self._nursery.start_soon(self._run_transfer, transfer)
         return transfer
 
-    async def _run_transfer(self, transfer: Transfer) -> None:
-        try:
+    async def _fill_and_seal(self, transfer: Transfer) -> StoredBlob:
+        """Fetch every missing chunk, then seal; a chunk that fails its re-check at the seal
+        (rot on disk since an earlier run) is dropped by the store and fetched again."""
+        for round_ in range(SEAL_ROUNDS):
             if self.swarm is not None:
                 await self.swarm.download(transfer, origin=self.origin)
             else:
@@ -166,7 +208,18 @@ class BlobService:
                     await self.origin.fetch(transfer)
             blob = transfer.blob
             assert blob is not None
-            await blob.seal()
+            try:
+                await blob.seal()
+                return blob
+            except ChunkLost as exc:
+                if round_ + 1 == SEAL_ROUNDS:
+                    raise
+                log.warning("%s lost chunk %d: fetching it again", blob.digest, exc.index)
+        raise AssertionError("SEAL_ROUNDS must be at least 1")
+
+    async def _run_transfer(self, transfer: Transfer) -> None:
+        try:
+            blob = await self._fill_and_seal(transfer)
             self._metrics.blobs_completed.inc()
             log.info("blob %s complete (%d bytes)", transfer.digest, blob.size)
         except DigestMismatch as exc:
@@ -178,17 +231,26 @@ class BlobService:
         except P2pullError as exc:
             log.warning("transfer of %s failed: %s", transfer.digest, exc)
             if not isinstance(exc, StoreError | BlobUnavailable):
-                exc = BlobUnavailable(f"{transfer.digest}: {exc}")
+                exc = _caused_by(BlobUnavailable(f"{transfer.digest}: {exc}"), exc)
             transfer.fail(exc)
         except Exception as exc:
             # A bug in one transfer must not take the agent (and every other pull) down.
             log.exception("transfer of %s crashed", transfer.digest)
-            transfer.fail(BlobUnavailable(f"{transfer.digest}: internal error: {exc!r}"[:500]))
+            message = f"{transfer.digest}: internal error: {exc!r}"[:500]
+            transfer.fail(_caused_by(BlobUnavailable(message), exc))
         finally:
             # Failed or cancelled (the agent is stopping): record every chunk that landed, so a
             # restart resumes after them instead of refetching up to persist_every chunks.
             if transfer.blob is not None:
                 with trio.CancelScope(shield=True), contextlib.suppress(StoreError):
                     await transfer.blob.checkpoint()
-            self._transfers.pop(transfer.digest, None)
+            if self._transfers.get(transfer.digest) is transfer:  # not a retry started meanwhile
+                del self._transfers[transfer.digest]
             transfer.notify()
+
+
+def _caused_by(error: P2pullError, cause: BaseException) -> P2pullError:
+    """``error`` with ``cause`` as its ``__cause__`` (what decides what a client is told:
+    P2pullError.client_message)."""
+    error.__cause__ = cause
+    return error

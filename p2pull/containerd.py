@@ -19,7 +19,6 @@ nothing starts with :data:`CREATED_MARKER`. Those two markers are what :func:`re
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,7 +27,8 @@ import tomlkit
 from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import Table
 
-from p2pull.errors import P2pullError
+from p2pull.errors import NameInvalid, P2pullError
+from p2pull.reference import RegistryHost
 
 __all__ = [
     "BACKUP_NAME",
@@ -50,10 +50,6 @@ CREATED_MARKER = "# Created by p2pull; `p2pull` removes it again on uninstall."
 MIRROR_CAPABILITIES = ("pull", "resolve")
 DEFAULT_DIR = "_default"
 
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOST = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])"
-_REGISTRY_RE = re.compile(rf"{_HOST}(?::(?P<port>[0-9]{{1,5}}))?")
-
 
 class ContainerdConfigError(P2pullError):
     """A registry name, mirror URL or existing hosts.toml that p2pull refuses to work with."""
@@ -66,10 +62,10 @@ def validate_registry(registry: str) -> str:
     """
     if registry == DEFAULT_DIR:
         return registry
-    match = _REGISTRY_RE.fullmatch(registry)
-    port = match.group("port") if match else None
-    if match is None or (port is not None and not 0 < int(port) < 65536):
-        raise ContainerdConfigError(f"invalid registry name {registry!r}: expected host[:port]")
+    try:
+        RegistryHost.parse(registry)
+    except NameInvalid as exc:
+        raise ContainerdConfigError(f"invalid registry name {registry!r}: {exc}") from exc
     return registry
 
 

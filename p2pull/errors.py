@@ -12,6 +12,23 @@ class P2pullError(Exception):
 
     oci_code = "UNKNOWN"
     http_status = 500
+    # What a client is told of a 5xx caused by a library or OS error (a connection that failed,
+    # a disk): a fixed text. How a connection failed (refused, a TLS error from a plain
+    # listener, a timeout) would tell a client what listens where; it goes to the log.
+    public_message = "internal error in the p2pull agent"
+
+    def client_message(self) -> str:
+        """The text a client gets: the error's own for its own mistakes (4xx) and for failures
+        p2pull or an upstream's answer explain (``401 and no usable credentials``); the fixed
+        ``public_message`` when a library or OS error caused it (in the ``__cause__`` chain)."""
+        if self.http_status < 500:
+            return str(self)
+        cause = self.__cause__
+        while cause is not None:
+            if not isinstance(cause, P2pullError):
+                return self.public_message
+            cause = cause.__cause__
+        return str(self)
 
 
 class InvalidReference(P2pullError):
@@ -48,6 +65,7 @@ class UpstreamError(P2pullError):
 
     oci_code = "UNAVAILABLE"
     http_status = 502
+    public_message = "the upstream registry failed or could not be reached"
 
 
 class UpstreamUnavailable(UpstreamError):
@@ -63,6 +81,7 @@ class UpstreamAuthError(UpstreamError):
     """The upstream refused our credentials or the token flow failed."""
 
     oci_code = "UNAUTHORIZED"
+    public_message = "the upstream registry refused the agent's credentials"
 
 
 class NotFound(P2pullError):
@@ -83,11 +102,18 @@ class NameUnknown(NotFound):
     oci_code = "NAME_UNKNOWN"
 
 
+class UpstreamRefused(NameUnknown):
+    """The registry a request names (or a redirect leads to) is at an address the agent does
+    not contact for its clients (loopback, link-local, metadata, ...: p2pull.upstream.addresses).
+    A 404, so containerd goes to the registry itself."""
+
+
 class BlobUnavailable(P2pullError):
     """A blob could not be produced (every source failed); partial bytes stay for a resume."""
 
     oci_code = "BLOB_UNKNOWN"
     http_status = 502
+    public_message = "the blob could not be fetched from its peers or the upstream registry"
 
 
 class DigestMismatch(P2pullError):
@@ -95,6 +121,7 @@ class DigestMismatch(P2pullError):
 
     oci_code = "DIGEST_INVALID"
     http_status = 502
+    public_message = "the bytes fetched do not match the digest"
 
 
 class TruncatedBody(UpstreamError):
@@ -106,10 +133,20 @@ class StoreError(P2pullError):
 
     oci_code = "UNAVAILABLE"
     http_status = 503
+    public_message = "the agent's content store failed or is full"
 
 
 class StoreFull(StoreError):
     """No room left under the quota (or on disk) after evicting every evictable blob."""
+
+
+class ChunkLost(StoreError):
+    """A stored chunk did not match its recorded sha256 when read back (the disk rotted, or a
+    write was torn) and was dropped from the store: fetch it again. None of it was served."""
+
+    def __init__(self, message: str, *, index: int) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 class ChunkMismatch(DigestMismatch):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import trio
 
-from p2pull.errors import DigestMismatch, UpstreamError
+from p2pull.errors import ChunkLost, DigestMismatch, UpstreamError
 from p2pull.reference import Digest, ManifestRef
 from p2pull.sizes import SizeHints
 from p2pull.store.types import BlobStore
@@ -128,7 +128,10 @@ class ManifestService:
         blob = self._store.lookup(digest)
         if blob is None or not blob.complete or blob.media_type is None:
             return None
-        body = await blob.read(0, blob.size)
+        try:
+            body = await blob.read(0, blob.size)
+        except ChunkLost:  # rotted on disk: dropped by the store, fetched again by the caller
+            return None
         return Manifest(ManifestDescriptor(digest, blob.media_type, blob.size), body)
 
 

@@ -86,6 +86,14 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.upstream_refused = Counter(
+            "p2pull_upstream_refused",
+            "Upstream connections not made: the host is at an address the agent does not "
+            "contact for clients, by reason (loopback, link_local, metadata, unspecified, "
+            "multicast, reserved, port)",
+            ["reason"],
+            registry=r,
+        )
         self.upstream_retries = Counter(
             "p2pull_upstream_retries", "Upstream requests retried after an error", registry=r
         )
@@ -171,6 +179,19 @@ class Metrics:
         )
         self.store_evictions = Counter(
             "p2pull_store_evictions", "Blobs evicted by the LRU quota", registry=r
+        )
+        self.store_chunks_lost = Counter(
+            "p2pull_store_chunks_lost",
+            "Stored chunks that did not match their recorded sha256 when read back (disk rot, "
+            "torn writes): dropped and fetched again",
+            registry=r,
+        )
+        self.http_refused = Counter(
+            "p2pull_http_refused",
+            "Connections an HTTP server ended on its own, by server (mirror, metrics) and reason "
+            "(over_cap, timeout, bad_request, error: an unexpected exception, logged)",
+            ["server", "reason"],
+            registry=r,
         )
         for source in SOURCES:  # the series exist at 0 before the first byte
             self.served_bytes.labels(source)

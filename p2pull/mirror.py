@@ -16,21 +16,24 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from p2pull.blobs import BlobReader, BlobService
-from p2pull.errors import NameInvalid, P2pullError, RangeNotSatisfiable, StoreFull
+from p2pull.errors import P2pullError, RangeNotSatisfiable, StoreFull
 from p2pull.httpserver import BodySink, Request, Response
 from p2pull.imagewalk import PREFETCH_HEADER
 from p2pull.manifests import ManifestService
 from p2pull.metrics import Metrics
 from p2pull.passthrough import PassThroughReader
-from p2pull.reference import Digest, ManifestRef, parse_range, validate_name
+from p2pull.reference import (
+    Digest,
+    ManifestRef,
+    RegistryHost,
+    parse_range,
+    validate_name,
+)
 from p2pull.transfer import PendingReader
 
 log = logging.getLogger(__name__)
 
 API_VERSION = ("docker-distribution-api-version", "registry/2.0")
-NS_RE = re.compile(
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*|\[[0-9a-fA-F:.]+\])(?::[0-9]{1,5})?"
-)
 _ROUTE_RE = re.compile(r"/v2/(?P<name>.+)/(?P<kind>manifests|blobs)/(?P<ref>[^/]+)")
 
 
@@ -128,7 +131,7 @@ class Mirror:
             headers.append(("content-range", f"bytes */{exc.size}"))
         if exc.http_status >= 500:
             log.warning("answering %d %s: %s", exc.http_status, exc.oci_code, exc)
-        return error_response(exc.http_status, exc.oci_code, str(exc), headers=headers)
+        return error_response(exc.http_status, exc.oci_code, exc.client_message(), headers=headers)
 
     def _route(self, request: Request) -> tuple[str, Callable[[Request], Awaitable[Response]]]:
         if request.path in ("/v2", "/v2/"):
@@ -169,8 +172,8 @@ class Mirror:
         match = _ROUTE_RE.fullmatch(request.path)
         assert match is not None
         ns = request.query.get("ns")
-        if ns is not None and NS_RE.fullmatch(ns) is None:
-            raise NameInvalid(f"invalid ns parameter {ns[:80]!r}: expected host[:port]")
+        if ns is not None:
+            ns = str(RegistryHost.parse(ns))  # NameInvalid (400) for anything but host[:port]
         return ns, validate_name(match.group("name")), match.group("ref")
 
     async def _manifest(self, request: Request) -> Response:

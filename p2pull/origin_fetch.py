@@ -170,30 +170,30 @@ class OriginFetcher:
                 now = self._clock()
                 if blob is not None and blob.bitfield.count > held:
                     retries, progress_at = 0, now  # chunks landed before it broke
-                delay = min(policy.backoff_max, policy.backoff_base * 2**retries)
+                delay = min(policy.backoff_max, policy.backoff_base * 2 ** min(retries, 32))
                 delay *= 0.5 + self._jitter()
                 retry_after = getattr(exc, "retry_after", None)
                 if retry_after is not None:
                     delay = max(delay, float(retry_after))
-                waited = now - progress_at
-                if waited >= policy.patience:
+                waited, give_up_at = now - progress_at, progress_at + policy.patience
+                if now >= give_up_at:
                     raise UpstreamUnavailable(
                         f"{transfer.digest}: the origin failed for {waited:.0f} s: {exc}"
                     ) from exc
-                delay = min(delay, policy.patience - waited)  # a last try as patience ends
+                retry_at = min(now + delay, give_up_at)  # a last try as patience ends
                 retries += 1
                 log.info(
                     "retrying %s in %.1f s after %s (attempt %d, %.0f s without progress)",
                     transfer.digest,
-                    delay,
+                    retry_at - now,
                     exc,
                     retries,
                     waited,
                 )
                 self._metrics.upstream_retries.inc()
                 if on_retry is not None:
-                    on_retry(str(exc), delay)
-                await trio.sleep(delay)
+                    on_retry(str(exc), retry_at - now)
+                await trio.sleep_until(retry_at)
 
     async def _copy(
         self,

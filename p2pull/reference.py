@@ -1,10 +1,12 @@
-"""Validation of the distribution grammar: repository names, tags, digests and byte ranges.
+"""Validation of the distribution grammar: repository names, tags, digests, registry hosts
+(``ns``) and byte ranges.
 
 Nothing that fails these checks ever reaches the filesystem or the upstream URL.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -15,6 +17,18 @@ NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 TAG_RE = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
 SHA256_RE = re.compile(r"sha256:([a-f0-9]{64})")
 MAX_NAME_LENGTH = 255
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+# The shape of a registry host: DNS labels or a bracketed IPv6 literal, then an optional port.
+# RegistryHost.parse checks what a regex cannot (port range, IPv6 and IPv4 literals, lengths).
+REGISTRY_HOST_RE = re.compile(
+    rf"(?P<host>{_LABEL}(?:\.{_LABEL})*|\[(?P<ipv6>[0-9A-Fa-f:.]+)\])(?::(?P<port>[0-9]{{1,5}}))?"
+)
+MAX_HOST_LENGTH = 253
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for an error message, at most 80 characters of it."""
+    return repr(text if len(text) <= 80 else text[:77] + "...")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -27,8 +41,8 @@ class Digest:
     def parse(cls, text: str) -> Digest:
         match = SHA256_RE.fullmatch(text)
         if match is None:
-            shown = text if len(text) <= 80 else text[:77] + "..."
-            raise DigestInvalid(f"invalid digest {shown!r}: expected sha256:<64 lowercase hex>")
+            expected = "expected sha256:<64 lowercase hex>"
+            raise DigestInvalid(f"invalid digest {_shown(text)}: {expected}")
         return cls(match.group(1))
 
     @classmethod
@@ -43,16 +57,64 @@ class Digest:
 
 def validate_name(name: str) -> str:
     if len(name) > MAX_NAME_LENGTH or NAME_RE.fullmatch(name) is None:
-        shown = name if len(name) <= 80 else name[:77] + "..."
-        raise NameInvalid(f"invalid repository name {shown!r}")
+        raise NameInvalid(f"invalid repository name {_shown(name)}")
     return name
 
 
 def validate_tag(tag: str) -> str:
     if TAG_RE.fullmatch(tag) is None:
-        shown = tag if len(tag) <= 80 else tag[:77] + "..."
-        raise TagInvalid(f"invalid tag {shown!r}")
+        raise TagInvalid(f"invalid tag {_shown(tag)}")
     return tag
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryHost:
+    """A registry as a pull names it (the ``ns`` of a mirror request): ``host[:port]``.
+
+    ``host`` is a DNS name (lowercased), a dotted-quad IPv4 address, or an IPv6 address (kept
+    without its brackets; :meth:`__str__` puts them back). The one grammar for registry hosts:
+    the mirror's ``ns``, the upstream mapping and containerd's ``certs.d`` directories use it.
+    """
+
+    host: str
+    port: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> RegistryHost:
+        """Parse ``host[:port]``; NameInvalid (400) for anything else: a path, userinfo, a port
+        outside 1-65535, brackets around something that is not an IPv6 address, a zone id, a
+        name whose last label is numeric but which is not a dotted-quad IPv4 address (``127.1``,
+        ``2130706433``: forms a resolver would still turn into an address)."""
+
+        def invalid(why: str) -> NameInvalid:
+            return NameInvalid(f"invalid registry host {_shown(text)}: {why}")
+
+        match = REGISTRY_HOST_RE.fullmatch(text)
+        if match is None:
+            raise invalid("expected host[:port]")
+        port = match.group("port")
+        if port is not None and not 0 < int(port) < 65536:
+            raise invalid(f"port {port} out of range")
+        literal = match.group("ipv6")
+        host = match.group("host").lower() if literal is None else literal
+        try:
+            if literal is not None:
+                host = str(ipaddress.IPv6Address(literal))
+            elif host.rsplit(".", 1)[-1].isdigit():
+                host = str(ipaddress.IPv4Address(host))
+        except ValueError:
+            raise invalid("not an IPv6 address in brackets, nor a dotted-quad IPv4") from None
+        if len(host) > MAX_HOST_LENGTH:
+            raise invalid("name too long")
+        return cls(host, int(port) if port is not None else None)
+
+    @property
+    def is_ipv6(self) -> bool:
+        return ":" in self.host
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if self.is_ipv6 else self.host
+        return host if self.port is None else f"{host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)

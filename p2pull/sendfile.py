@@ -6,6 +6,7 @@ to peers), and small frames written at once when the kernel takes them.
 from __future__ import annotations
 
 import errno
+import math
 import os
 from dataclasses import dataclass
 
@@ -26,10 +27,12 @@ class FileRegion:
         return self.count
 
 
-async def sendfile_all(stream: trio.abc.Stream, region: FileRegion) -> None:
-    """All of ``region`` to ``stream``; BrokenResourceError if the peer went away or the file
-    is shorter than the region says. A stream that is not a socket (the in-memory peer network
-    of the tests) gets the bytes read with ``pread``."""
+async def sendfile_all(
+    stream: trio.abc.Stream, region: FileRegion, *, stall: float = math.inf
+) -> None:
+    """All of ``region`` to ``stream``; BrokenResourceError if the peer went away, took no byte
+    for ``stall`` seconds, or the file is shorter than the region says. A stream that is not a
+    socket (the in-memory peer network of the tests) gets the bytes read with ``pread``."""
     if not isinstance(stream, trio.SocketStream):
         data = os.pread(region.fd, region.count, region.offset)
         if len(data) != region.count:
@@ -42,7 +45,10 @@ async def sendfile_all(stream: trio.abc.Stream, region: FileRegion) -> None:
         try:
             sent = os.sendfile(sock.fileno(), region.fd, offset, min(remaining, SENDFILE_MAX))
         except BlockingIOError:
-            await trio.lowlevel.wait_writable(sock)
+            with trio.move_on_after(stall) as waited:
+                await trio.lowlevel.wait_writable(sock)
+            if waited.cancelled_caught:
+                raise trio.BrokenResourceError(f"the peer took nothing for {stall} s") from None
             continue
         except OSError as exc:
             if exc.errno in (errno.EPIPE, errno.ECONNRESET):

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import trio
 
-from p2pull.errors import BlobUnavailable, P2pullError, StoreFull
+from p2pull.errors import BlobUnavailable, ChunkLost, P2pullError, StoreFull
 from p2pull.reference import Digest
 from p2pull.store.types import BlobStore, ByteSink, StoredBlob
 
@@ -115,15 +115,33 @@ class Transfer:
         return blob
 
 
-class BlobReader:
-    """Streams a blob (or a range of it) to a sink as chunks become servable."""
+# Tells a reader which transfer to follow instead: ``refetch(None)`` after the store dropped a
+# rotted chunk (the transfer that refills it, or None if the blob is complete again),
+# ``refetch(failed)`` after ``failed`` failed (one from the reader's own ns, or None: give up).
+Refetch = Callable[["Transfer | None"], "Transfer | None"]
+MAX_REFETCHES = 3  # per reader: a store that keeps losing chunks, or ns after ns failing
 
-    def __init__(self, *, blob: StoredBlob, transfer: Transfer | None, store: BlobStore) -> None:
+
+class BlobReader:
+    """Streams a blob (or a range of it) to a sink as chunks become servable. With ``refetch``,
+    a chunk the store finds rotted, or a transfer that fails for another client's ns, does not
+    fail the read: it follows the transfer ``refetch`` names."""
+
+    def __init__(
+        self,
+        *,
+        blob: StoredBlob,
+        transfer: Transfer | None,
+        store: BlobStore,
+        refetch: Refetch | None = None,
+    ) -> None:
         self.blob = blob
         self.digest = blob.digest
         self.size = blob.size
         self.transfer = transfer
         self._store = store
+        self._refetch = refetch
+        self._refetches = 0
 
     @property
     def local(self) -> bool:
@@ -146,7 +164,12 @@ class BlobReader:
             while offset < end:
                 index = offset // blob.chunk_size
                 if self.transfer is not None:
-                    await self.transfer.wait_chunk(index)
+                    try:
+                        await self.transfer.wait_chunk(index)
+                    except P2pullError:
+                        if not self._follow(self.transfer):
+                            raise
+                        continue
                 # with it, every servable chunk right after it: one send for the run (chunks
                 # land out of order, so several are often waiting when the awaited one comes)
                 last = index
@@ -157,7 +180,12 @@ class BlobReader:
                 ):
                     last += 1
                 stop = min(end, sum(blob.chunk_span(last)))
-                await blob.send(sink, offset=offset, length=stop - offset)
+                try:
+                    await blob.send(sink, offset=offset, length=stop - offset)
+                except ChunkLost:  # nothing of the run was sent; the chunk must come again
+                    if not self._follow(None):
+                        raise
+                    continue
                 for i in range(index, last + 1):
                     chunk_offset, chunk_length = blob.chunk_span(i)
                     count = min(stop, chunk_offset + chunk_length) - max(offset, chunk_offset)
@@ -166,6 +194,18 @@ class BlobReader:
                         source = self.transfer.sources.get(i, "local")
                     on_sent(source, count)
                 offset = stop
+
+    def _follow(self, failed: Transfer | None) -> bool:
+        """Switch to the transfer ``refetch`` names instead of ``failed`` (see Refetch); False
+        if there is none to follow."""
+        if self._refetch is None or self._refetches >= MAX_REFETCHES:
+            return False
+        self._refetches += 1
+        transfer = self._refetch(failed)
+        if transfer is None and failed is not None:
+            return False
+        self.transfer = transfer
+        return True
 
 
 class PendingReader:
@@ -183,12 +223,14 @@ class PendingReader:
         size: int,
         store: BlobStore,
         pass_through: Callable[[], Awaitable[Sendable]],
+        refetch: Refetch | None = None,
     ) -> None:
         self.transfer = transfer
         self.digest = transfer.digest
         self.size = size
         self._store = store
         self._pass_through = pass_through
+        self._refetch = refetch
 
     async def send(
         self,
@@ -199,16 +241,29 @@ class PendingReader:
         on_sent: Callable[[str, int], None] = lambda source, count: None,
     ) -> None:
         reader: Sendable
-        try:
-            blob = await self.transfer.wait_blob()
-        except StoreFull:
-            reader = await self._pass_through()
-        else:
+        transfer = self.transfer
+        for _ in range(MAX_REFETCHES + 1):
+            try:
+                blob = await transfer.wait_blob()
+            except StoreFull:
+                reader = await self._pass_through()
+                break
+            except P2pullError:
+                again = self._refetch(transfer) if self._refetch is not None else None
+                if again is None:
+                    raise
+                transfer = again
+                continue
             if blob.size != self.size:
                 raise BlobUnavailable(
                     f"{self.digest}: {blob.size} bytes, but its manifest said {self.size}"
                 )
-            reader = BlobReader(blob=blob, transfer=self.transfer, store=self._store)
+            reader = BlobReader(
+                blob=blob, transfer=transfer, store=self._store, refetch=self._refetch
+            )
+            break
+        else:
+            raise BlobUnavailable(f"{self.digest}: every transfer of it failed")
         await reader.send(sink, offset=offset, length=length, on_sent=on_sent)
 
 

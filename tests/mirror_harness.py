@@ -17,7 +17,7 @@ from p2pull.metrics import Metrics
 from p2pull.mirror import Mirror
 from p2pull.store.disk import DiskStore
 from p2pull.testing.fakes import FixedUpstreams
-from p2pull.upstream.types import Upstream
+from p2pull.upstream.types import Upstream, Upstreams
 
 CHUNK = 64 * 1024
 
@@ -33,11 +33,20 @@ class MirrorUnderTest:
 
 @asynccontextmanager
 async def running_mirror(
-    data_dir: Path, upstream: Upstream, *, chunk_size: int = CHUNK, require_ns: bool = False
+    data_dir: Path,
+    upstream: Upstream | Upstreams,
+    *,
+    chunk_size: int = CHUNK,
+    require_ns: bool = False,
 ) -> AsyncIterator[MirrorUnderTest]:
+    """``upstream`` answers every ns, or ``Upstreams`` (anything with for_namespace) maps them."""
     metrics = Metrics()
     store = await DiskStore.load(data_dir, chunk_size=chunk_size)
-    upstreams = FixedUpstreams(upstream, require_ns=require_ns)
+    upstreams = (
+        upstream
+        if hasattr(upstream, "for_namespace")
+        else FixedUpstreams(upstream, require_ns=require_ns)  # type: ignore[arg-type]
+    )
     blobs = BlobService(
         store=store,
         upstreams=upstreams,

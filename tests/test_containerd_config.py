@@ -154,6 +154,8 @@ BAD_REGISTRIES = [
     "host:",
     "host:99999",
     "host:0",
+    "[:::::]",
+    "[127.0.0.1]",
     "a b",
     "_default/..",
     "/abs",

@@ -13,10 +13,15 @@ import httpx
 import pytest
 import trio
 
-from p2pull.errors import UpstreamError
+from p2pull.errors import BlobUnavailable, UpstreamAuthError, UpstreamError
+from p2pull.metrics import Metrics
 from p2pull.reference import Digest, ManifestRef
 from p2pull.testing.fakes import FakeBody, MemoryUpstream
+from p2pull.testing.origin import TestOrigin
+from p2pull.upstream.client import RegistrySet
+from p2pull.upstream.endpoints import RetryPolicy, Timeouts
 from p2pull.upstream.types import Manifest
+from tests.listeners import Listener
 from tests.mirror_harness import CHUNK, running_mirror
 
 NAME = "team/app"
@@ -136,6 +141,17 @@ GOOD_DIGEST = "sha256:" + "a" * 64
         ("GET", "/v2/ok/manifests/sha256:zz", {}, 400, "DIGEST_INVALID"),
         ("GET", "/v2/ok/blobs/" + GOOD_DIGEST + "?ns=bad/host", {}, 400, "NAME_INVALID"),
         ("GET", "/v2/ok/blobs/" + GOOD_DIGEST + "?ns=..", {}, 400, "NAME_INVALID"),
+        (
+            "GET",
+            "/v2/ok/blobs/" + GOOD_DIGEST + "?ns=%5B%3A%3A%3A%3A%3A%5D",
+            {},
+            400,
+            "NAME_INVALID",
+        ),
+        ("GET", "/v2/ok/blobs/" + GOOD_DIGEST + "?ns=%5B127.0.0.1%5D", {}, 400, "NAME_INVALID"),
+        ("GET", "/v2/ok/blobs/" + GOOD_DIGEST + "?ns=host%3A0", {}, 400, "NAME_INVALID"),
+        ("GET", "/v2/ok/blobs/" + GOOD_DIGEST + "?ns=host%3A99999", {}, 400, "NAME_INVALID"),
+        ("GET", "/v2/ok/manifests/v1?ns=2130706433", {}, 400, "NAME_INVALID"),
         ("PUT", "/v2/ok/blobs/" + GOOD_DIGEST, {}, 405, "UNSUPPORTED"),
         ("DELETE", "/v2/ok/manifests/v1", {}, 405, "UNSUPPORTED"),
         ("POST", "/v2/ok/blobs/uploads/", {}, 405, "UNSUPPORTED"),
@@ -324,13 +340,82 @@ async def test_wrong_bytes_are_refused_and_not_cached(
     assert not (tmp_path / "blobs" / "sha256" / digest.hex).exists()
 
 
-async def test_partial_blob_resumes_after_restart(tmp_path: Path, upstream: MemoryUpstream) -> None:
+def flip_byte(data_dir: Path, digest: Digest, offset: int) -> None:
+    """One byte of a stored blob rots while the agent is stopped."""
+    path = data_dir / "blobs" / "sha256" / digest.hex / "data"
+    rotten = bytearray(path.read_bytes())
+    rotten[offset] ^= 0x01
+    path.write_bytes(rotten)
+
+
+async def leave_partial(tmp_path: Path, upstream: MemoryUpstream) -> tuple[Digest, bytes]:
+    """A 13-chunk blob whose download broke in chunk 7: chunks 0-6 stay in the store."""
     data = blob_bytes(12 * CHUNK + 99)
     digest = upstream.add_blob(data)
     upstream.truncate_at[digest] = 7 * CHUNK + 10
     async with running_mirror(tmp_path, upstream) as m:
         with pytest.raises(httpx.HTTPError):
             await m.client.get(f"/v2/{NAME}/blobs/{digest}")
+    return digest, data
+
+
+async def test_a_complete_blob_that_rotted_on_disk_is_repaired_not_served(
+    tmp_path: Path, upstream: MemoryUpstream
+) -> None:
+    """One byte flipped in blobs/sha256/<hex>/data while the agent was stopped: it was served
+    with the wrong sha256, twice, nothing logged. Now the chunk fails its check as it is about
+    to be served, is dropped, fetched again (one Range request), and the client gets the blob."""
+    data = blob_bytes(6 * CHUNK + 5)
+    digest = upstream.add_blob(data)
+    async with running_mirror(tmp_path, upstream) as m:
+        assert (await m.client.get(f"/v2/{NAME}/blobs/{digest}")).content == data
+    flip_byte(tmp_path, digest, 3 * CHUNK + 7)
+    upstream.opens.clear()
+    async with running_mirror(tmp_path, upstream) as m:
+        first = await m.client.get(f"/v2/{NAME}/blobs/{digest}")
+        second = await m.client.get(f"/v2/{NAME}/blobs/{digest}")
+        ranged = await m.client.get(
+            f"/v2/{NAME}/blobs/{digest}", headers={"Range": f"bytes={3 * CHUNK}-"}
+        )
+        assert m.store.chunks_lost == 1
+        blob = m.store.lookup(digest)
+        assert blob is not None and blob.complete
+    assert first.content == data and second.content == data
+    assert ranged.content == data[3 * CHUNK :]
+    assert upstream.opens == [(digest, 3 * CHUNK)]
+
+
+async def test_a_stored_manifest_that_rotted_is_fetched_again(
+    tmp_path: Path, upstream: MemoryUpstream
+) -> None:
+    body = b'{"schemaVersion":2,"layers":[]}'
+    digest = upstream.add_manifest(NAME, "v1", body, MANIFEST_TYPE)
+    async with running_mirror(tmp_path, upstream) as m:
+        assert (await m.client.get(f"/v2/{NAME}/manifests/{digest}")).content == body
+    flip_byte(tmp_path, digest, 3)
+    async with running_mirror(tmp_path, upstream) as m:
+        again = await m.client.get(f"/v2/{NAME}/manifests/{digest}")
+        assert m.store.chunks_lost == 1
+    assert again.status_code == 200 and again.content == body
+
+
+async def test_a_rotted_chunk_of_a_partial_blob_is_fetched_again_in_the_same_pull(
+    tmp_path: Path, upstream: MemoryUpstream
+) -> None:
+    """The rotted chunk was detected, but the pull failed once before the next one refetched."""
+    digest, data = await leave_partial(tmp_path, upstream)
+    flip_byte(tmp_path, digest, 2 * CHUNK + 1)
+    upstream.truncate_at.clear()
+    upstream.opens.clear()
+    async with running_mirror(tmp_path, upstream) as m:
+        response = await m.client.get(f"/v2/{NAME}/blobs/{digest}")
+        assert m.store.chunks_lost == 1
+    assert response.status_code == 200 and response.content == data
+    assert sorted(start for _, start in upstream.opens) == [2 * CHUNK, 7 * CHUNK]
+
+
+async def test_partial_blob_resumes_after_restart(tmp_path: Path, upstream: MemoryUpstream) -> None:
+    digest, data = await leave_partial(tmp_path, upstream)
     # A new agent on the same data dir: only the missing range is asked of the upstream.
     upstream.truncate_at.clear()
     upstream.opens.clear()
@@ -378,3 +463,78 @@ async def test_passthrough_never_completes_a_body_with_wrong_bytes(
         m.store.min_free_bytes = 1 << 60
         with pytest.raises(httpx.HTTPError):
             await m.client.get(f"/v2/{NAME}/blobs/{digest}")
+
+
+async def test_a_failed_connection_reaches_the_client_as_a_fixed_text(
+    tmp_path: Path, upstream: MemoryUpstream
+) -> None:
+    """How a connection failed (refused, a TLS error from a plain listener, a timeout) told a
+    client which ports were open where; that detail goes to the log only. What an upstream
+    answered (a 401, a 5xx) is still said."""
+    failures = {
+        "connect": UpstreamError("GET https://10.1.2.3:22/v2/: ConnectError: [SSL] wrong version"),
+        "answer": UpstreamAuthError("GET /v2/team/app/blobs/x: 401 and no usable credentials"),
+    }
+    failures["connect"].__cause__ = httpx.ConnectError("[SSL: WRONG_VERSION_NUMBER]")
+    answers = {}
+    for kind, failure in failures.items():
+
+        @asynccontextmanager
+        async def refuse(
+            *args: object, failure: Exception = failure, **kwargs: object
+        ) -> AsyncIterator[FakeBody]:
+            await trio.lowlevel.checkpoint()
+            raise failure
+            yield  # type: ignore[unreachable]
+
+        upstream.open_blob = refuse  # type: ignore[method-assign]
+        async with running_mirror(tmp_path / kind, upstream) as m:
+            answers[kind] = await m.client.get(f"/v2/{NAME}/blobs/sha256:{'c' * 64}?ns=r.example")
+    assert answers["connect"].status_code == 502
+    assert answers["connect"].json()["errors"][0]["message"] == BlobUnavailable.public_message
+    assert "10.1.2.3" not in answers["connect"].text and "SSL" not in answers["connect"].text
+    assert "401 and no usable credentials" in answers["answer"].json()["errors"][0]["message"]
+
+
+async def test_a_transfer_failing_for_one_ns_is_retried_from_another_clients_ns(
+    tmp_path: Path,
+) -> None:
+    """Single flight is by digest: a request naming a good ns joined the transfer another
+    request started from a hanging host, and got its 502. Now it retries from its own ns."""
+    origin, hanging = TestOrigin(), Listener(answer=None)  # accepts, never answers
+    data = blob_bytes(5 * CHUNK + 17)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(origin.run)
+        await nursery.start(hanging.run)
+        digest = origin.add_blob(NAME, data)
+        async with httpx.AsyncClient() as http:
+            upstreams = RegistrySet(
+                http,
+                metrics=Metrics(),
+                upstreams={
+                    "hang.test": f"http://127.0.0.1:{hanging.port}",
+                    "good.test": origin.url,
+                },
+                retry=RetryPolicy(attempts=1),
+                timeouts=Timeouts(connect=2, read=1.0, write=2, pool=2),
+            )
+            async with running_mirror(tmp_path, upstreams) as m:
+                url = f"/v2/{NAME}/blobs/{digest}"
+                first: list[httpx.Response] = []
+
+                async def hang_first() -> None:
+                    first.append(await m.client.get(url, params={"ns": "hang.test"}))
+
+                nursery.start_soon(hang_first)
+                await hanging.connected.wait()
+                assert list(m.blobs.transfers) == [digest]  # the good request joins it
+                started = trio.current_time()
+                good = await m.client.get(url, params={"ns": "good.test"})
+                waited = trio.current_time() - started
+                while not first:  # noqa: ASYNC110 - the other client's request, in the nursery
+                    await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert good.status_code == 200 and good.content == data
+    assert first[0].status_code == 502
+    assert waited < 5
+    assert origin.count(method="GET", contains="/blobs/") == 1

@@ -170,3 +170,34 @@ async def test_small_frames_queued_together_go_out_in_few_sends_in_order(
     assert sent
     assert inbox.messages == [*haves[:150], Piece(D, 0, data), *haves[150:]]
     assert len(sends) <= 6, sends  # 300 frames of ~90 bytes; the piece goes by sendfile
+
+
+async def test_strangers_hold_at_most_max_handshakes_inbound_connections() -> None:
+    """Unauthenticated connections cost a slot each for the handshake timeout; past the cap a
+    new one is closed before the node sends anything (its Hello), and a slot frees when a
+    stranger's handshake times out."""
+    inbox = Inbox()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = int(listeners[0].socket.getsockname()[1])
+    pool = PeerPool(
+        node_id=f"127.0.0.1:{port}", listen_port=port, secret=SECRET,
+        on_message=inbox.on_message, on_closed=lambda link: None, max_frame=8 << 20,
+        handshake_timeout=1.0, max_handshakes=2, transport=TcpTransport(host="127.0.0.1", port=0),
+    )  # fmt: skip
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            nursery.start_soon(trio.serve_listeners, pool.accept, listeners)
+            silent = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
+            hellos = [await stream.receive_some(4096) for stream in silent]  # both in handshake
+            third = await trio.open_tcp_stream("127.0.0.1", port)
+            over_cap = await third.receive_some(4096)
+            for stream in silent:  # the node gives up on them after the handshake timeout
+                while await stream.receive_some(4096):
+                    pass
+            fourth = await trio.open_tcp_stream("127.0.0.1", port)
+            after = await fourth.receive_some(4096)
+            for stream in (*silent, third, fourth):
+                await stream.aclose()
+            nursery.cancel_scope.cancel()
+    assert all(hellos) and over_cap == b"" and after  # the fourth got a Hello again

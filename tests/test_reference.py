@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
+import httpx
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pull.errors import (
@@ -19,6 +20,7 @@ from p2pull.reference import (
     ByteRange,
     Digest,
     ManifestRef,
+    RegistryHost,
     parse_range,
     validate_name,
     validate_tag,
@@ -189,6 +191,90 @@ def test_invalid_digest_message_is_truncated() -> None:
     with pytest.raises(DigestInvalid) as info:
         Digest.parse("sha256:" + "x" * 10_000)
     assert len(str(info.value)) < 200
+
+
+# -- registry hosts (ns) ------------------------------------------------------------------------
+
+VALID_HOSTS = [
+    pytest.param("docker.io", "docker.io", None, id="name"),
+    pytest.param("Registry.Example:5000", "registry.example", 5000, id="uppercase-and-port"),
+    pytest.param("localhost", "localhost", None, id="single-label"),
+    pytest.param("a-b.c0.example", "a-b.c0.example", None, id="dashes-digits"),
+    pytest.param("127.0.0.1:5000", "127.0.0.1", 5000, id="ipv4"),
+    pytest.param("10.0.0.1", "10.0.0.1", None, id="ipv4-no-port"),
+    pytest.param("[::1]:5000", "::1", 5000, id="ipv6-loopback"),
+    pytest.param("[2001:DB8:0:0::1]", "2001:db8::1", None, id="ipv6-normalized"),
+    pytest.param("[::ffff:10.0.0.1]:443", "::ffff:a00:1", 443, id="ipv4-mapped"),
+    pytest.param("host:65535", "host", 65535, id="highest-port"),
+    pytest.param("host:1", "host", 1, id="lowest-port"),
+    pytest.param("x1.example", "x1.example", None, id="digit-in-last-label"),
+]
+
+INVALID_HOSTS = [
+    pytest.param("", id="empty"),
+    pytest.param("[:::::]", id="bracketed-garbage"),
+    pytest.param("[127.0.0.1]", id="bracketed-ipv4"),
+    pytest.param("[::1", id="unclosed-bracket"),
+    pytest.param("::1", id="ipv6-without-brackets"),
+    pytest.param("[fe80::1%eth0]", id="zone-id"),
+    pytest.param("[]", id="empty-brackets"),
+    pytest.param("host:0", id="port-0"),
+    pytest.param("host:99999", id="port-99999"),
+    pytest.param("host:65536", id="port-65536"),
+    pytest.param("host:", id="empty-port"),
+    pytest.param("host:123456", id="six-digit-port"),
+    pytest.param("127.1", id="short-ipv4"),
+    pytest.param("2130706433", id="decimal-ipv4"),
+    pytest.param("0x7f.0.0.1", id="hex-ipv4"),
+    pytest.param("256.0.0.1", id="ipv4-out-of-range"),
+    pytest.param("1.2.3.4.5", id="five-numbers"),
+    pytest.param("a..b", id="empty-label"),
+    pytest.param("-a.example", id="leading-dash"),
+    pytest.param("a-.example", id="trailing-dash"),
+    pytest.param("a" * 64 + ".example", id="label-64-chars"),
+    pytest.param(".".join(["a" * 63] * 4) + ".b", id="name-over-253"),
+    pytest.param("registry.example.", id="trailing-dot"),
+    pytest.param("evil.example/path", id="path"),
+    pytest.param("user@host", id="userinfo"),
+    pytest.param("host:80:80", id="two-ports"),
+    pytest.param("h_st", id="underscore"),
+    pytest.param("caf\u00e9.example", id="unicode"),
+    pytest.param("host\n", id="newline"),
+    pytest.param("host:8\u0660", id="unicode-digit-port"),
+]
+
+
+@pytest.mark.parametrize(("text", "host", "port"), VALID_HOSTS)
+def test_valid_registry_host(text: str, host: str, port: int | None) -> None:
+    parsed = RegistryHost.parse(text)
+    assert (parsed.host, parsed.port) == (host, port)
+    assert RegistryHost.parse(str(parsed)) == parsed
+
+
+@pytest.mark.parametrize("text", INVALID_HOSTS)
+def test_invalid_registry_host(text: str) -> None:
+    with pytest.raises(NameInvalid) as info:
+        RegistryHost.parse(text)
+    assert info.value.http_status == 400 and info.value.oci_code == "NAME_INVALID"
+    assert len(str(info.value)) < 300
+
+
+_HOST_ALPHABET = st.sampled_from("ab0-.:[]9fF%/@_ \u0660")
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(st.text(_HOST_ALPHABET, max_size=40) | st.from_regex(r"\[[0-9a-f:.]{0,40}\](:[0-9]{1,6})?"))
+def test_registry_host_is_parsed_or_refused_never_half_valid(text: str) -> None:
+    """Anything accepted makes a URL httpx takes, round-trips, and names no path or user."""
+    try:
+        parsed = RegistryHost.parse(text)
+    except NameInvalid:
+        return
+    netloc = str(parsed)
+    assert RegistryHost.parse(netloc) == parsed
+    assert not set(netloc) & set("/@%? \\")
+    url = httpx.URL(f"https://{netloc}/v2/")
+    assert url.port == parsed.port and url.path == "/v2/"
 
 
 # -- manifest references ------------------------------------------------------------------------

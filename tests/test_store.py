@@ -17,7 +17,7 @@ import pytest
 import trio
 import trio.testing
 
-from p2pull.errors import ChunkMismatch, DigestMismatch, StoreError, StoreFull
+from p2pull.errors import ChunkLost, ChunkMismatch, DigestMismatch, StoreError, StoreFull
 from p2pull.reference import Digest
 from p2pull.store import base
 from p2pull.store.disk import DiskBlob, DiskStore
@@ -474,6 +474,125 @@ async def test_remove(store_factory: StoreFactory) -> None:
             await partial.write_chunk(1, chunk(data, 1))
 
 
+# -- chunks that rotted while the agent was stopped -----------------------------------------------
+
+
+async def test_a_rotted_chunk_of_a_complete_blob_is_dropped_not_served(
+    store_factory: StoreFactory, sink: RecordingSink
+) -> None:
+    """A complete blob with one byte flipped on disk was served with the wrong sha256 after a
+    restart (the store trusted its 'complete'). Each chunk a restart loaded is now checked
+    the first time it is read back; one that fails is dropped, and nothing of it goes out."""
+    with trio.fail_after(DEADLINE):
+        store = await store_factory()
+        digest, data = make_data(10)
+        await store.put(digest, data)
+        store = await store_factory.rot(store, digest, 5)  # chunk 1 of 0-3, 4-7, 8-9
+        blob = store.lookup(digest)
+        assert blob is not None and blob.complete  # nothing read yet
+        await blob.send(sink, offset=0, length=4)  # chunk 0 checks out
+        with pytest.raises(ChunkLost) as info:
+            await blob.send(sink, offset=4, length=6)
+        assert info.value.index == 1
+        assert sink.data == data[:4]  # nothing of the failing range was sent
+        assert not blob.complete and list(blob.bitfield.present()) == [0, 2]
+        assert blob.chunk_hash(1) is None
+        assert store.chunks_lost == 1  # type: ignore[attr-defined]
+        with pytest.raises(StoreError):
+            await blob.read(4, 4)  # missing now
+        await blob.write_chunk(1, chunk(data, 1))  # fetched again
+        await blob.seal()
+        assert blob.complete and await blob.read(0, 10) == data
+
+
+async def test_read_checks_a_restarted_blob_too(store_factory: StoreFactory) -> None:
+    with trio.fail_after(DEADLINE):
+        store = await store_factory()
+        digest, data = make_data(10)
+        await store.put(digest, data)
+        store = await store_factory.rot(store, digest, 9)
+        blob = store.lookup(digest)
+        assert blob is not None
+        assert await blob.read(0, 8) == data[:8]
+        with pytest.raises(ChunkLost):
+            await blob.read(0, 10)
+        assert list(blob.bitfield.present()) == [0, 1]
+
+
+async def test_a_rotted_chunk_of_a_partial_blob_is_dropped_at_the_seal(
+    store_factory: StoreFactory,
+) -> None:
+    """Every chunk was stored, the seal had not run (the agent stopped): the seal reads them
+    back for the whole-blob hash and finds the rotted one: ChunkLost (a chunk to fetch again,
+    not a bad blob). The pull failed here before; the transfer now fetches it again."""
+    with trio.fail_after(DEADLINE):
+        store = await store_factory()
+        digest, data = make_data(14)
+        blob = await store.open(digest, size=14)
+        await fill(blob, data)
+        store = await store_factory.rot(store, digest, 9)  # chunk 2
+        blob = store.lookup(digest)
+        assert blob is not None
+        with pytest.raises(ChunkLost) as info:
+            await blob.seal()
+        assert info.value.index == 2 and not isinstance(info.value, DigestMismatch)
+        assert list(blob.bitfield.present()) == [0, 1, 3]
+        await blob.write_chunk(2, chunk(data, 2))
+        await blob.seal()
+        assert blob.complete and await blob.read(0, 14) == data
+
+
+async def test_a_rotted_chunk_folded_during_a_write_is_dropped(store_factory: StoreFactory) -> None:
+    with trio.fail_after(DEADLINE):
+        store = await store_factory()
+        digest, data = make_data(14)
+        blob = await store.open(digest, size=14)
+        await fill(blob, data, order=[2, 1])  # nothing folded yet: chunk 0 is missing
+        store = await store_factory.rot(store, digest, 9)  # chunk 2
+        blob = store.lookup(digest)
+        assert blob is not None
+        await fill(blob, data, order=[0, 3])  # 0 folds 1 and 2 in: 2 fails, the write does not
+        assert list(blob.bitfield.present()) == [0, 1, 3]
+        await blob.write_chunk(2, chunk(data, 2))
+        await blob.seal()
+        assert blob.complete and await blob.read(0, 14) == data
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The length of every chunk the store hashes from now on."""
+    hashed: list[int] = []
+    real = base._sha256
+
+    def counting(data: bytes) -> bytes:
+        hashed.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(base, "_sha256", counting)
+    return hashed
+
+
+async def test_chunks_written_here_are_never_hashed_again_and_loaded_ones_once(
+    store_factory: StoreFactory, sink: RecordingSink, calls: list[int]
+) -> None:
+    with trio.fail_after(DEADLINE):
+        store = await store_factory()
+        digest, data = make_data(10)
+        await store.put(digest, data)
+        blob = store.lookup(digest)
+        assert blob is not None
+        for _ in range(2):
+            await blob.send(sink, offset=0, length=10)
+        assert len(calls) == 3  # on the way in only
+        store = await store_factory.rot(store, digest, 0)  # a restart, chunk 0 rotted
+        calls.clear()
+        blob = store.lookup(digest)
+        assert blob is not None
+        for _ in range(2):
+            await blob.send(sink, offset=4, length=6)  # chunks 1 and 2 are intact
+        assert len(calls) == 2  # each checked once, on its first read after the restart
+
+
 # -- quota, LRU and pins ------------------------------------------------------------------------
 
 
@@ -714,19 +833,11 @@ async def test_disk_corrupt_chunk_is_caught_at_seal(tmp_path: Path) -> None:
 
 
 async def test_folding_a_chunk_hashed_in_this_process_does_not_hash_it_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, calls: list[int]
 ) -> None:
     """Chunks that land out of order are read back to fold them into the whole-blob hash. One
     this process hashed on its way in is not re-checked (one sha256 per chunk, not two); one
     found on disk after a restart is (test_disk_corrupt_chunk_is_caught_at_seal)."""
-    calls: list[int] = []
-    real = base._sha256
-
-    def counting(data: bytes) -> bytes:
-        calls.append(len(data))
-        return real(data)
-
-    monkeypatch.setattr(base, "_sha256", counting)
     with trio.fail_after(DEADLINE):
         store = await load(tmp_path)
         digest, data = make_data(14)
@@ -735,6 +846,24 @@ async def test_folding_a_chunk_hashed_in_this_process_does_not_hash_it_again(
         await blob.seal()
     assert blob.complete and await blob.read(0, 14) == data
     assert len(calls) == 4
+
+
+async def test_disk_a_dropped_chunk_stays_dropped_after_another_restart(
+    tmp_path: Path, sink: RecordingSink
+) -> None:
+    with trio.fail_after(DEADLINE):
+        store = await load(tmp_path)
+        digest, data = make_data(10)
+        await store.put(digest, data)
+        path = tmp_path / "blobs" / "sha256" / digest.hex / "data"
+        rotten = bytearray(path.read_bytes())
+        rotten[2] ^= 0x40
+        path.write_bytes(rotten)
+        restarted = await load(tmp_path)
+        with pytest.raises(ChunkLost):
+            await disk_blob(restarted, digest).send(sink, offset=0, length=10)
+        again = disk_blob(await load(tmp_path), digest)
+    assert not again.complete and list(again.bitfield.present()) == [1, 2]
 
 
 async def test_disk_complete_blobs_survive_restart(tmp_path: Path, sink: RecordingSink) -> None:

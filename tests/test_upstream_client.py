@@ -558,6 +558,10 @@ def test_resolve_endpoint(
         pytest.param("evil.example/path", None, id="path-in-ns"),
         pytest.param("user@host", None, id="userinfo"),
         pytest.param("", None, id="empty"),
+        pytest.param("[:::::]", None, id="bracketed-garbage"),
+        pytest.param("[127.0.0.1]", None, id="bracketed-ipv4"),
+        pytest.param("host:0", None, id="port-0"),
+        pytest.param("host:99999", None, id="port-99999"),
     ],
 )
 def test_resolve_endpoint_refuses(ns: str | None, default: str | None) -> None:

@@ -11,7 +11,10 @@ and frames its own messages with ``send``::
 Frames are a 4-byte big-endian length and a msgpack body (``p2pull.peer.messages``). A declared
 length over the limit fails the connection from the header alone, before any body is buffered;
 until the handshake is done the limit is ``HANDSHAKE_MAX_FRAME`` so a stranger cannot make us
-hold megabytes.
+hold megabytes. After it, ``max_frame`` is one chunk plus ``PIECE_OVERHEAD`` (a Piece's header);
+a ``BlobInfo`` describing chunks larger than ``max_frame - PIECE_OVERHEAD`` could never be
+followed (its Pieces would be refused), so it is delivered as ``Unavailable`` for that blob: the
+swarm treats it like a seed that cannot provide the blob, and fetches it elsewhere.
 
 The handshake, symmetric, both sides at once::
 
@@ -39,10 +42,12 @@ from typing import Final, TypeAlias
 from p2pull.peer.messages import (
     PROTOCOL_VERSION,
     Auth,
+    BlobInfo,
     Hello,
     LocalProtocolError,
     Message,
     RemoteProtocolError,
+    Unavailable,
     decode,
     encode,
     encode_parts,
@@ -53,6 +58,7 @@ from p2pull.peer.messages import (
 __all__ = [
     "HANDSHAKE_MAX_FRAME",
     "NEED_DATA",
+    "PIECE_OVERHEAD",
     "Authenticated",
     "AuthenticationFailed",
     "Closed",
@@ -65,7 +71,8 @@ __all__ = [
     "auth_mac",
 ]
 
-DEFAULT_MAX_FRAME = 8 * 1024 * 1024 + 65536
+PIECE_OVERHEAD = 65536  # a frame may be this much larger than the chunk it carries
+DEFAULT_MAX_FRAME = 8 * 1024 * 1024 + PIECE_OVERHEAD
 HANDSHAKE_MAX_FRAME = 4096  # a Hello is < 1.2 KiB even with a 255-character non-ASCII node id
 _HEADER = struct.Struct(">I")
 _AUTH_LABEL = b"p2pull-auth-v1\0"
@@ -147,6 +154,7 @@ class PeerConnection:
         self._hello_body = encode(self._hello)  # LocalProtocolError on a bad id, nonce or port
         self._secret = secret
         self._max_frame = max_frame
+        self.max_chunk_size = max(1, max_frame - PIECE_OVERHEAD)  # what a Piece frame can carry
         self.state = State.HANDSHAKE
         self.peer_id: str | None = None  # set once authenticated
         self.peer_listen_port: int | None = None
@@ -211,6 +219,11 @@ class PeerConnection:
             return 0
         length: int = _HEADER.unpack_from(self._buffer, self._pos)[0]
         return max(0, _HEADER.size + length - available)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not consumed yet (at most one frame and the data after it)."""
+        return len(self._buffer) - self._pos
 
     def data_to_send(self) -> bytes:
         """Bytes the machine queued by itself (our Auth); send them after each ``next_event``."""
@@ -310,6 +323,12 @@ class PeerConnection:
             message = self._decode(start, end)
             if isinstance(message, Hello | Auth):
                 raise RemoteProtocolError(f"{type(message).__name__} after the handshake")
+            if isinstance(message, BlobInfo) and message.chunk_size > self.max_chunk_size:
+                return Unavailable(
+                    message.digest,
+                    f"the peer's chunks of {message.chunk_size} bytes are over this node's "
+                    f"limit of {self.max_chunk_size}",
+                )
             return message
         if self._expected_mac is None:
             self._on_hello(bytes(self._buffer[start:end]))

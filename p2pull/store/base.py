@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from p2pull.bitfield import Bitfield
-from p2pull.errors import ChunkMismatch, DigestMismatch, StoreError, StoreFull
+from p2pull.errors import ChunkLost, ChunkMismatch, DigestMismatch, StoreError, StoreFull
 from p2pull.reference import Digest
 from p2pull.store.types import ByteSink, chunk_count
 
@@ -58,10 +58,10 @@ class BlobBase:
         self._discarded = False
         self._hasher = hashlib.sha256()
         self._hashed = 0  # chunks folded into _hasher
-        # Chunks this process hashed on their way in: folding one read back later skips the
-        # re-check (seconds-old page cache, not a disk that may have rotted since a restart;
-        # the whole-blob digest still covers it).
-        self._hashed_here = Bitfield(count)
+        # Chunks whose bytes this process hashed: on their way in, or read back and checked
+        # against the recorded sha256. Only these are served or folded without a check; the
+        # others (everything a restart loaded) are checked first (the disk may have rotted).
+        self._checked = Bitfield(count)
         self._hash_lock = trio.Lock()
         self._seal_lock = trio.Lock()
         self.dirty = 0  # chunks written since the metadata was last persisted
@@ -69,6 +69,7 @@ class BlobBase:
         # costs at most that much refetching and small chunks do not rewrite the hash list often.
         self.persist_every = max(16, CHECKPOINT_BYTES // max(chunk_size, 1))
         self.on_discard: Callable[[Digest], None] = lambda digest: None
+        self.on_chunk_lost: Callable[[], None] = lambda: None
 
     # -- to implement -------------------------------------------------------------------------
     def _pwrite(self, offset: int, data: bytes) -> None:
@@ -83,7 +84,8 @@ class BlobBase:
     async def _drop(self) -> None:
         raise NotImplementedError
 
-    async def send(self, sink: ByteSink, *, offset: int, length: int) -> None:
+    async def _send(self, sink: ByteSink, *, offset: int, length: int) -> None:
+        """Send a range of present, checked chunks (zero-copy where the store can)."""
         raise NotImplementedError
 
     # -- shared -------------------------------------------------------------------------------
@@ -136,7 +138,7 @@ class BlobBase:
             return
         self._hashes[index] = digest
         self._have.set(index)
-        self._hashed_here.set(index)
+        self._checked.set(index)
         self.dirty += 1
         if index == self._hashed:
             await self._advance_hasher(known=(index, data))
@@ -174,6 +176,7 @@ class BlobBase:
         if not self._have.has(index):
             self._hashes[index] = digest
             self._have.set(index)
+            self._checked.set(index)
             self.dirty += 1
 
     async def _advance_hasher(self, *, known: tuple[int, bytes] | None = None) -> None:
@@ -197,30 +200,74 @@ class BlobBase:
             self._hashed += 1
 
     async def _read_verified(self, index: int) -> bytes | None:
-        """Read a present chunk back and check its recorded hash (unless this process hashed
-        it on its way in); drop it if it rotted."""
+        """Read a present chunk back, checked against its recorded hash unless this process
+        already has; None (and the chunk dropped) if it does not match."""
         offset, length = self.chunk_span(index)
+        checked_before = self._checked.has(index)
         try:
             data: bytes = await _maybe_thread(self._pread, offset, length, size=length)
         except OSError as exc:
             raise StoreError(f"reading chunk {index} of {self.digest}: {exc}") from exc
         recorded = self._hashes[index]
-        fresh = self._hashed_here.has(index)
-        if recorded is None or len(data) != length or (not fresh and _sha256(data) != recorded):
-            log.warning("chunk %d of %s failed re-verification; refetching it", index, self.digest)
-            self._have.clear(index)
-            self._hashes[index] = None
-            self.dirty += 1
-            return None
-        return data
+        if len(data) == length and (
+            checked_before or await _maybe_thread(_sha256, data, size=length) == recorded
+        ):
+            self._checked.set(index)
+            return data
+        if checked_before or not self._checked.has(index):  # not rewritten while we read
+            self._drop_chunk(index)
+        return None
+
+    def _drop_chunk(self, index: int) -> None:
+        """Forget a present chunk whose bytes do not match its recorded hash: it is missing
+        again, and the blob no longer complete."""
+        if not self._have.has(index):
+            return
+        log.warning(
+            "chunk %d of %s does not match its recorded sha256 (disk rot or a torn write): "
+            "dropped, it will be fetched again",
+            index,
+            self.digest,
+        )
+        self._have.clear(index)
+        self._checked.clear(index)
+        self._hashes[index] = None
+        self._complete = False
+        self.dirty += 1
+        self.on_chunk_lost()
+
+    async def _verify(self, offset: int, length: int) -> None:
+        """Check every chunk of the range this process has not checked yet; ChunkLost (after
+        dropping it and persisting that) for the first that does not match."""
+        if length == 0:
+            return
+        first, last = offset // self.chunk_size, (offset + length - 1) // self.chunk_size
+        for index in range(first, last + 1):
+            if self._checked.has(index):
+                continue
+            if await self._read_verified(index) is None:
+                await self._persist()  # a restart must not trust the chunk (or the blob) again
+                raise ChunkLost(
+                    f"chunk {index} of {self.digest} does not match its sha256", index=index
+                )
 
     async def read(self, offset: int, length: int) -> bytes:
+        """Bytes of present chunks, each checked (ChunkLost for one that fails)."""
         self._check_range(offset, length)
+        await self._verify(offset, length)
         try:
             data: bytes = await _maybe_thread(self._pread, offset, length, size=length)
         except OSError as exc:
             raise StoreError(f"reading {self.digest}: {exc}") from exc
         return data
+
+    async def send(self, sink: ByteSink, *, offset: int, length: int) -> None:
+        """Send a range of present chunks, each checked first: ChunkLost, and nothing sent, if
+        one fails (chunks a restart loaded are checked the first time they are served)."""
+        self._check_range(offset, length)
+        await self._verify(offset, length)
+        self._check_range(offset, length)  # still all present after the checks' awaits
+        await self._send(sink, offset=offset, length=length)
 
     def _check_range(self, offset: int, length: int) -> None:
         self._check_live()
@@ -244,8 +291,12 @@ class BlobBase:
         if not self._have.complete:
             raise StoreError(f"cannot seal {self.digest}: {self._have} chunks present")
         await self._advance_hasher()
-        if self._hashed != self._have.length:  # a chunk failed re-verification
-            raise StoreError(f"cannot seal {self.digest}: a chunk failed re-verification")
+        if self._hashed != self._have.length:  # a chunk failed its check and was dropped
+            await self._persist()
+            raise ChunkLost(
+                f"cannot seal {self.digest}: chunk {self._hashed} does not match its sha256",
+                index=self._hashed,
+            )
         if self._hasher.hexdigest() != self.digest.hex:
             self._discarded = True
             self.on_discard(self.digest)  # out of the index before its files go
@@ -279,6 +330,8 @@ class StoreBase:
         self._open_lock = trio.Lock()  # one open at a time: no two blobs for one digest
         self.evictions = 0
         self.on_evict: Callable[[], None] = lambda: None
+        self.chunks_lost = 0  # chunks that failed their check when read back, and were dropped
+        self.on_chunk_lost: Callable[[], None] = lambda: None
         self.min_free_bytes = 0  # the low-disk guard: never fill the disk past this
         self.free_bytes: Callable[[], int] | None = None
 
@@ -402,6 +455,11 @@ class StoreBase:
     def _adopt(self, blob: BlobBase) -> None:
         self._blobs[blob.digest] = blob
         blob.on_discard = self._forget
+        blob.on_chunk_lost = self._chunk_lost
+
+    def _chunk_lost(self) -> None:
+        self.chunks_lost += 1
+        self.on_chunk_lost()
 
     def _forget(self, digest: Digest) -> None:
         self._blobs.pop(digest, None)

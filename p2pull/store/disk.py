@@ -7,8 +7,10 @@ Layout under ``data_dir``::
 
 The metadata is replaced atomically (temp file, fsync, rename) and only after the data file has
 been fdatasync'ed, so after a crash every chunk it lists is on disk; chunks written since the last
-checkpoint are simply fetched again. A chunk is re-verified against its recorded hash whenever it is
-read back for the whole-blob hash, so a torn write is caught before a blob is marked complete.
+checkpoint are simply fetched again. What a restart loads is not trusted: each chunk is checked
+against its recorded sha256 the first time it is read back (to be served, uploaded, or folded into
+the whole-blob hash); one that does not match (disk rot, a torn write) is dropped, the blob is no
+longer complete, and the chunk is fetched again.
 """
 
 from __future__ import annotations
@@ -108,8 +110,7 @@ class DiskBlob(BlobBase):
             self._fd = None
         await trio.to_thread.run_sync(shutil.rmtree, self.directory, True)
 
-    async def send(self, sink: ByteSink, *, offset: int, length: int) -> None:
-        self._check_range(offset, length)
+    async def _send(self, sink: ByteSink, *, offset: int, length: int) -> None:
         try:
             fd = os.open(self.data_path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:

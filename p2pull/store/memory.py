@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+
+from p2pull.bitfield import Bitfield
 from p2pull.reference import Digest
 from p2pull.store.base import BlobBase, StoreBase
 from p2pull.store.types import ByteSink
@@ -24,8 +27,16 @@ class MemoryBlob(BlobBase):
     async def _drop(self) -> None:
         self._data = bytearray()
 
-    async def send(self, sink: ByteSink, *, offset: int, length: int) -> None:
-        await sink.write(await self.read(offset, length))
+    async def _send(self, sink: ByteSink, *, offset: int, length: int) -> None:
+        await sink.write(self._pread(offset, length))
+
+    def rot(self, offset: int) -> None:
+        """Flip the byte at ``offset`` and forget what a restart forgets (which chunks were
+        checked, the whole-blob hash so far), as a disk that rotted while the agent was stopped
+        would look after a restart (for tests of the store's checks)."""
+        self._data[offset] ^= 0xFF
+        self._checked = Bitfield(self._have.length)
+        self._hasher, self._hashed = hashlib.sha256(), 0
 
 
 class MemoryStore(StoreBase):

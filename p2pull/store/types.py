@@ -2,7 +2,8 @@
 
 A blob is created with its size, filled chunk by chunk (each chunk's sha256 recorded, or checked
 against a hash the caller already knows), and sealed: sealing hashes the whole blob and either
-marks it complete or discards it. Only chunks marked present are ever read back.
+marks it complete or discards it. Only chunks marked present are ever read back, and never
+without a check against their recorded sha256 by this process (ChunkLost: dropped, fetch again).
 """
 
 from __future__ import annotations
@@ -50,11 +51,15 @@ class StoredBlob(Protocol):
         ...
 
     async def read(self, offset: int, length: int) -> bytes:
-        """Bytes of present chunks only (StoreError if any byte of the range is missing)."""
+        """Bytes of present chunks only (StoreError if any byte of the range is missing). Each
+        chunk not yet checked by this process (a restart loaded it) is checked against its
+        recorded sha256 first; one that fails is dropped (the blob is then not complete) and
+        ChunkLost raised."""
         ...
 
     async def send(self, sink: ByteSink, *, offset: int, length: int) -> None:
-        """Send a range of present chunks to ``sink`` (zero-copy where the store can)."""
+        """Send a range of present chunks to ``sink`` (zero-copy where the store can), checked
+        like ``read``: on ChunkLost nothing was sent."""
         ...
 
     async def checkpoint(self) -> None:

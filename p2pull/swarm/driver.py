@@ -121,8 +121,7 @@ class SessionDriver:
             nursery.start_soon(self._forward_landed, transfer.subscribe())
             nursery.start_soon(self._watch_reader)
             nursery.start_soon(self._watch_blob)
-            if transfer.blob is not None:  # a partial blob from an earlier run
-                await self._feed(opened(transfer.blob))
+            await self._feed(None)  # a partial blob from an earlier run is known at once
             await self._execute(session.start(now=clock()))
             while not session.ended:
                 deadline = session.next_deadline()

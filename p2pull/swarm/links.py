@@ -46,6 +46,10 @@ COALESCE_MAX = 64 * 1024  # small frames queued together go out in one send, up 
 WRITE_STALL = 30.0
 WRITE_MIN_RATE = 64 * 1024  # bytes per second
 SEND_BUFFER_ALLOWANCE = 4 * 1024 * 1024  # what the kernel may still hold ahead of the frame
+# Unauthenticated inbound connections at once; more are closed. A handshake takes milliseconds,
+# so only a burst reaches it: every node of a large cluster dialing one seed at the start of a
+# pull storm (200 at once in tests/test_swarm_memory.py), or strangers holding connections.
+MAX_INBOUND_HANDSHAKES = 1024
 
 
 Outgoing: TypeAlias = bytes | FileRegion
@@ -242,6 +246,7 @@ class PeerPool:
         connect_timeout: float = 5.0,
         handshake_timeout: float = 10.0,
         max_frame: int,
+        max_handshakes: int = MAX_INBOUND_HANDSHAKES,
     ) -> None:
         self.transport = transport
         self.node_id = node_id
@@ -252,6 +257,8 @@ class PeerPool:
         self._connect_timeout = connect_timeout
         self._handshake_timeout = handshake_timeout
         self._max_frame = max_frame
+        self._max_handshakes = max_handshakes
+        self._handshaking = 0  # inbound connections not authenticated yet
         self.links: dict[str, PeerLink] = {}
         self._all_links: dict[str, set[PeerLink]] = {}
         self._dialing: dict[str, trio.Event] = {}
@@ -290,7 +297,8 @@ class PeerPool:
             with trio.fail_after(self._connect_timeout):
                 stream = await self.transport.connect(member.host, member.port)
             return await self._establish(stream, expect=member.node_id)
-        except (OSError, trio.TooSlowError) as exc:
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            # (broken: the peer closed during the handshake, e.g. at its handshake cap)
             raise PeerUnreachable(f"cannot reach peer {member.node_id}: {exc}") from exc
         finally:
             del self._dialing[member.node_id]
@@ -298,13 +306,20 @@ class PeerPool:
 
     async def accept(self, stream: trio.abc.Stream) -> None:
         """Handler for the peer listener: handshake, then run the link here until it closes
-        (trio closes the stream when this handler returns)."""
+        (trio closes the stream when this handler returns). Strangers cost at most
+        ``max_handshakes`` connections at once, each for the handshake timeout."""
+        if self._handshaking >= self._max_handshakes:
+            await trio.aclose_forcefully(stream)
+            return
+        self._handshaking += 1
         try:
             link = await self._establish(stream, expect=None, run_here=True)
         except (P2pullError, OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             log.info("refused an inbound peer connection: %s", exc)
             await trio.aclose_forcefully(stream)
             return
+        finally:
+            self._handshaking -= 1
         await self._run_link(link)
 
     async def _establish(

@@ -17,7 +17,6 @@ from p2pull.blobs import BlobService
 from p2pull.errors import InvalidReference, P2pullError, StoreError
 from p2pull.membership import Member, Membership
 from p2pull.metrics import Metrics
-from p2pull.mirror import NS_RE
 from p2pull.origin_fetch import OriginFetcher
 from p2pull.peer.events import NodeContext, PeerGone, PeerMessage, SessionConfig, Snapshot
 from p2pull.peer.latecomers import Latecomers
@@ -40,7 +39,7 @@ from p2pull.peer.messages import (
 from p2pull.peer.serving import Serving
 from p2pull.peer.superseed import SuperSeeder
 from p2pull.ratelimit import UNLIMITED, RateLimiter
-from p2pull.reference import Digest, validate_name
+from p2pull.reference import Digest, RegistryHost, validate_name
 from p2pull.store.types import BlobStore, StoredBlob
 from p2pull.swarm.driver import DriverContext, SessionDriver
 from p2pull.swarm.links import PeerLink, PeerPool, slot
@@ -255,8 +254,8 @@ class SwarmNode:
             return
         try:
             name = validate_name(message.name)
-            if message.ns is not None and NS_RE.fullmatch(message.ns) is None:
-                raise InvalidReference(f"bad ns {message.ns[:80]!r}")
+            if message.ns is not None:
+                RegistryHost.parse(message.ns)  # NameInvalid: an InvalidReference
         except InvalidReference as exc:
             link.send(Unavailable(message.digest, f"refused: {exc}"))
             return

@@ -6,20 +6,17 @@ into a base URL, the key used for credentials and tokens, and Docker Hub's ``lib
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import httpx
 
-from p2pull.errors import NameUnknown
-from p2pull.reference import validate_name
+from p2pull.errors import NameInvalid, NameUnknown
+from p2pull.reference import RegistryHost, validate_name
 from p2pull.upstream.credentials import DOCKER_HUB, registry_key
 
 DOCKER_HUB_URL = "https://registry-1.docker.io"
 DEFAULT_PORTS = {"http": 80, "https": 443}
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_NS_RE = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +100,10 @@ def resolve_endpoint(
         raise NameUnknown("request has no ns parameter and no default upstream is configured")
     if ns is None and "://" in target:  # a default given as a URL; an ns is a host[:port]
         return Endpoint.from_url(target)
-    if _NS_RE.fullmatch(target) is None:
-        raise NameUnknown(f"ns {target[:100]!r} is not a registry host[:port]")
+    try:
+        target = str(RegistryHost.parse(target))
+    except NameInvalid as exc:
+        raise NameUnknown(f"ns {target[:100]!r} is not a registry host[:port]") from exc
     key = registry_key(target)
     configured = {registry_key(k): v for k, v in upstreams.items()}
     listed = key in configured or (default is not None and registry_key(default) == key)
@@ -118,6 +117,20 @@ def resolve_endpoint(
     if key == DOCKER_HUB:
         return Endpoint(DOCKER_HUB_URL, DOCKER_HUB, library_prefix=True)
     return Endpoint.from_url(f"https://{target}")
+
+
+def listed_origins(upstreams: Mapping[str, str], default: str | None) -> list[tuple[str, int]]:
+    """(host, port) of every configured upstream URL and of the default upstream: where the
+    operator said the agent may fetch from, whatever address that is."""
+    endpoints = [Endpoint.from_url(url) for url in upstreams.values()]
+    if default is not None:
+        endpoints.append(resolve_endpoint(None, upstreams=upstreams, default=default))
+    origins: list[tuple[str, int]] = []
+    for endpoint in endpoints:
+        _, host, port = origin_of(httpx.URL(endpoint.base_url))
+        assert port is not None  # http(s) only: the default port is known
+        origins.append((host, port))
+    return origins
 
 
 def origin_of(url: httpx.URL) -> tuple[str, str, int | None]:
