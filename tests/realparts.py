@@ -39,6 +39,7 @@ from tests.ports import free_port
 
 BINARIES = ("containerd", "ctr", "docker-registry", "skopeo", "runc")
 STARTUP_TIMEOUT = 30.0
+CRI_PLUGIN = "io.containerd.grpc.v1.cri"
 STOP_GRACE = 5.0
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -183,35 +184,71 @@ class Registry:
         await _serve_process(argv, log=self.log, ready=ready, task_status=task_status)
 
 
+@dataclass(frozen=True)
+class CriPlugin:
+    """containerd's CRI plugin switched on: the kubelet's API, on containerd's own socket.
+
+    ``config_path`` is the certs.d directory its registry reads ``hosts.toml`` files from; None
+    leaves it unset, containerd 1.6's built-in default, under which CRI pulls read none.
+    CRI pulls unpack into the same snapshotter as ``ctr`` pulls, and the CNI directories are
+    inside the workdir and empty: pulling an image needs no pod network.
+    """
+
+    config_path: Path | None
+
+
 class Containerd:
-    """A private containerd (own root, state, socket; no CRI) and a ``ctr`` bound to it."""
+    """A private containerd (own root, state, socket) and a ``ctr`` bound to it.
+
+    Its CRI plugin is off unless ``cri`` is given (``ctr`` pulls do not go through it).
+    """
 
     def __init__(
-        self, workdir: Path, *, snapshotter: str = "native", namespace: str = "p2pull"
+        self,
+        workdir: Path,
+        *,
+        snapshotter: str = "native",
+        namespace: str = "p2pull",
+        cri: CriPlugin | None = None,
     ) -> None:
         self.workdir = workdir
         self.snapshotter = snapshotter
         self.namespace = namespace
+        self.cri = cri
         self.address = str(workdir / "ctrd.sock")
+        self.config_file = workdir / "config.toml"
         self.log = workdir / "containerd.log"
         if len(self.address) >= 100:
             raise RealPartError(f"socket path too long for a unix socket: {self.address}")
 
     def _config(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        config = self.workdir / "config.toml"
-        config.write_text(
+        text = (
             "version = 2\n"
             f'root = "{self.workdir / "root"}"\n'
             f'state = "{self.workdir / "state"}"\n'
             f'temp = "{self.workdir / "tmp"}"\n'
-            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        )
+        if self.cri is None:
+            text += f'disabled_plugins = ["{CRI_PLUGIN}"]\n'
+        text += (
             f'[grpc]\n  address = "{self.address}"\n'
             f'[ttrpc]\n  address = "{self.address}.ttrpc"\n'
             f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{self.workdir / "opt"}"\n'
         )
+        if self.cri is not None:
+            cni = self.workdir / "cni"
+            text += (
+                f'[plugins."{CRI_PLUGIN}".containerd]\n  snapshotter = "{self.snapshotter}"\n'
+                f'[plugins."{CRI_PLUGIN}".cni]\n'
+                f'  bin_dir = "{cni / "bin"}"\n  conf_dir = "{cni / "net.d"}"\n'
+            )
+            if self.cri.config_path is not None:
+                text += f'[plugins."{CRI_PLUGIN}".registry]\n'
+                text += f'  config_path = "{self.cri.config_path}"\n'
+        self.config_file.write_text(text)
         (self.workdir / "tmp").mkdir(exist_ok=True)
-        return config
+        return self.config_file
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         config = self._config()

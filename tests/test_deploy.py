@@ -5,13 +5,18 @@ strict: unknown fields are errors); the settings that matter in operation are as
 network, priority, GPU tolerations, probes on the agent's real endpoints, security contexts);
 and the configuration is run through the agent's own code: the ConfigMap through its config
 loader, the init container's arguments through its CLI, which writes the hosts.toml files
-checked here. That real containerd pulls through such hosts.toml files (and falls back to
-``server``) is established in tests/test_realparts_containerd.py and not repeated here.
+checked here. The kustomize package is rendered with ``kubectl kustomize`` (skipped, with the
+reason, where its kustomize is older than 5.1): the image, the namespace and each port changed
+in one place reach every object that names them. That real containerd pulls through such
+hosts.toml files (and falls back to ``server``) is established in
+tests/test_realparts_containerd.py and tests/test_realparts_cri.py and not repeated here.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import os
 import re
 import shutil
@@ -20,6 +25,7 @@ import sys
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -52,9 +58,13 @@ def load(path: Path) -> list[Doc]:
 ALL_DOCS = [(path, doc) for path in MANIFESTS for doc in load(path)]
 
 
-def find(kind: str, name: str) -> Doc:
-    found = [d for _, d in ALL_DOCS if d["kind"] == kind and d["metadata"]["name"] == name]
-    assert len(found) == 1, f"expected one {kind}/{name} in deploy/*.yaml, found {len(found)}"
+FILE_DOCS = [doc for _, doc in ALL_DOCS]
+
+
+def find(kind: str, name: str, *, docs: list[Doc] = FILE_DOCS) -> Doc:
+    """The one ``kind/name`` object in ``docs`` (default: deploy/*.yaml as written)."""
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
     return found[0]
 
 
@@ -68,23 +78,24 @@ def pod_spec(daemonset: str = "p2pull") -> Doc:
     return spec
 
 
-def container(name: str, *, daemonset: str = "p2pull") -> Doc:
-    found = [c for c in containers_of(find("DaemonSet", daemonset)) if c["name"] == name]
+def container(name: str, *, daemonset: str = "p2pull", docs: list[Doc] = FILE_DOCS) -> Doc:
+    workload = find("DaemonSet", daemonset, docs=docs)
+    found = [c for c in containers_of(workload) if c["name"] == name]
     assert len(found) == 1, f"no container {name!r} in DaemonSet {daemonset}"
     return found[0]
 
 
-def configmap() -> dict[str, str]:
-    data: dict[str, str] = find("ConfigMap", "p2pull-config")["data"]
+def configmap(*, docs: list[Doc] = FILE_DOCS) -> dict[str, str]:
+    data: dict[str, str] = find("ConfigMap", "p2pull-config", docs=docs)["data"]
     return data
 
 
-def container_env(c: Doc) -> dict[str, str]:
+def container_env(c: Doc, *, docs: list[Doc] = FILE_DOCS) -> dict[str, str]:
     """The environment the kubelet gives container ``c``: envFrom first, then env on top."""
     env: dict[str, str] = {}
     for source in c.get("envFrom", []):
         assert source["configMapRef"]["name"] == "p2pull-config", source
-        env.update(configmap())
+        env.update(configmap(docs=docs))
     for item in c.get("env", []):
         if "value" in item:
             env[item["name"]] = item["value"]
@@ -92,7 +103,7 @@ def container_env(c: Doc) -> dict[str, str]:
         ref = item["valueFrom"]
         if "configMapKeyRef" in ref:
             assert ref["configMapKeyRef"]["name"] == "p2pull-config", item
-            env[item["name"]] = configmap()[ref["configMapKeyRef"]["key"]]
+            env[item["name"]] = configmap(docs=docs)[ref["configMapKeyRef"]["key"]]
         elif ref.get("fieldRef", {}).get("fieldPath") == "status.hostIP":
             env[item["name"]] = NODE_IP
         else:
@@ -105,17 +116,17 @@ def expand(args: list[str], env: dict[str, str]) -> list[str]:
     return [re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), arg) for arg in args]
 
 
-def argv(c: Doc) -> list[str]:
+def argv(c: Doc, *, docs: list[Doc] = FILE_DOCS) -> list[str]:
     """The container's command line after ``p2pull``, as the kubelet would run it."""
     assert c["command"] == ["p2pull"], f"{c['name']} should run the p2pull entry point"
-    return expand(c.get("args", []), container_env(c))
+    return expand(c.get("args", []), container_env(c, docs=docs))
 
 
-def agent_config() -> AgentConfig:
-    agent = container("agent")
-    args = argv(agent)
+def agent_config(*, docs: list[Doc] = FILE_DOCS) -> AgentConfig:
+    agent = container("agent", docs=docs)
+    args = argv(agent, docs=docs)
     assert args[0] == "agent"
-    return load_agent_config(args[1:], env=container_env(agent))
+    return load_agent_config(args[1:], env=container_env(agent, docs=docs))
 
 
 def agent_env_names() -> set[str]:
@@ -262,31 +273,61 @@ def test_secret_and_data_dir_are_where_the_agent_looks() -> None:
     assert [m["mountPath"] for m in chown["volumeMounts"]] == [str(config.data_dir)]
 
 
+PORTS = ("mirror", "peer", "metrics")
+
+
+def port_places(docs: list[Doc]) -> dict[str, tuple[str, int]]:
+    """Every place in ``docs`` that names one of the agent's ports: which port, and its number.
+
+    The agent's own addresses come through its config loader, the init container's mirror URL
+    (written into hosts.toml) through the CLI's parser, as the kubelet would run them.
+    """
+    config, agent = agent_config(docs=docs), container("agent", docs=docs)
+    ports = {p["name"]: p["containerPort"] for p in agent["ports"]}
+    assert set(ports) == set(PORTS)
+    init = container("containerd-config", docs=docs)
+    mirror_url = urlsplit(build_parser().parse_args(argv(init, docs=docs)).mirror)
+    template = find("DaemonSet", "p2pull", docs=docs)["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    (service_port,) = find("Service", "p2pull-peers", docs=docs)["spec"]["ports"]
+    places = {
+        "agent --mirror-addr": ("mirror", config.mirror_addr.port),
+        "hosts.toml mirror URL": ("mirror", mirror_url.port),
+        "agent --peer-addr": ("peer", config.peer_addr.port),
+        "Service port": ("peer", service_port["port"]),
+        "Service targetPort": ("peer", port_number(agent, service_port["targetPort"])),
+        "agent --metrics-addr": ("metrics", config.metrics_addr.port),
+        "prometheus.io/port": ("metrics", int(annotations["prometheus.io/port"])),
+    }
+    places.update({f"containerPort {name}": (name, ports[name]) for name in PORTS})
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        places[probe] = ("metrics", port_number(agent, agent[probe]["httpGet"]["port"]))
+    return places
+
+
+def assert_ports(places: dict[str, tuple[str, int]], expected: dict[str, int]) -> None:
+    got = {place: number for place, (_, number) in places.items()}
+    want = {place: expected[port] for place, (port, _) in places.items()}
+    assert got == want, "places whose port differs from the agent's address"
+
+
 def test_ports_probes_and_scrape_annotations_match_the_agent() -> None:
     config, agent = agent_config(), container("agent")
-    ports = {p["name"]: p["containerPort"] for p in agent["ports"]}
-    assert ports == {
-        "mirror": config.mirror_addr.port,
-        "peer": config.peer_addr.port,
-        "metrics": config.metrics_addr.port,
-    }
+    ours = {"mirror": config.mirror_addr, "peer": config.peer_addr, "metrics": config.metrics_addr}
+    assert_ports(port_places(FILE_DOCS), {name: addr.port for name, addr in ours.items()})
     for probe, path in [
         ("startupProbe", "/healthz"),
         ("livenessProbe", "/healthz"),
         ("readinessProbe", "/readyz"),
     ]:
-        get = agent[probe]["httpGet"]
-        assert get["path"] == path and port_number(agent, get["port"]) == config.metrics_addr.port
+        assert agent[probe]["httpGet"]["path"] == path
     template = find("DaemonSet", "p2pull")["spec"]["template"]
     annotations = template["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
-    assert annotations["prometheus.io/port"] == str(config.metrics_addr.port)
     assert annotations["prometheus.io/path"] == "/metrics"
     service = find("Service", "p2pull-peers")["spec"]
     assert service["clusterIP"] == "None" and service["publishNotReadyAddresses"] is True
     assert service["selector"].items() <= template["metadata"]["labels"].items()
-    (peer,) = service["ports"]
-    assert peer["port"] == port_number(agent, peer["targetPort"]) == config.peer_addr.port
 
 
 def test_podmonitor_scrapes_the_agent_pods() -> None:
@@ -434,10 +475,48 @@ def test_init_container_writes_hosts_toml_that_uninstall_restores(tmp_path: Path
 # --- 4. the kustomize package ----------------------------------------------------------------
 
 
-def kustomize(directory: Path) -> list[Doc]:
-    assert KUBECTL is not None
+# deploy/ uses components and replacements, and an overlay that changes a port relies on
+# kustomize running components after generators (kustomize 5.1 and later).
+KUSTOMIZE_MIN = (5, 1)
+
+
+@functools.cache
+def kustomize_missing() -> str | None:
+    """Why ``kubectl kustomize`` cannot render deploy/ here, or None if it can."""
+    if KUBECTL is None:
+        return "kubectl not installed"
     done = subprocess.run(
-        [KUBECTL, "kustomize", str(directory)],
+        [KUBECTL, "version", "--client", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_DEADLINE,
+    )
+    # kubectl before 1.24 does not print its kustomize (1.20, Debian 12's, has kustomize 2.0)
+    info = json.loads(done.stdout) if done.returncode == 0 else {}
+    kubectl_version = info.get("clientVersion", {}).get("gitVersion", "of unknown version")
+    version = info.get("kustomizeVersion", "")
+    numbers = re.match(r"v?(\d+)\.(\d+)", version)
+    if numbers is None or (int(numbers[1]), int(numbers[2])) < KUSTOMIZE_MIN:
+        return (
+            f"{KUBECTL} (kubectl {kubectl_version}) has kustomize "
+            f"{version or 'older than 4.5 (it prints no kustomizeVersion)'}; deploy/ needs "
+            f"{'.'.join(map(str, KUSTOMIZE_MIN))} or later (kubectl 1.31 or later)"
+        )
+    return None
+
+
+@pytest.fixture
+def kubectl() -> str:
+    reason = kustomize_missing()
+    if reason is not None:
+        pytest.skip(reason)
+    assert KUBECTL is not None
+    return KUBECTL
+
+
+def kustomize(kubectl: str, directory: Path) -> list[Doc]:
+    done = subprocess.run(
+        [kubectl, "kustomize", str(directory)],
         capture_output=True,
         text=True,
         timeout=SUBPROCESS_DEADLINE,
@@ -446,14 +525,13 @@ def kustomize(directory: Path) -> list[Doc]:
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
-@pytest.mark.skipif(KUBECTL is None, reason="kubectl not installed (Debian: kubernetes-client)")
 def test_kustomize_sets_the_image_by_digest_and_the_namespace_in_one_place(
-    tmp_path: Path,
+    kubectl: str, tmp_path: Path
 ) -> None:
     kustomization = yaml.safe_load(KUSTOMIZATION.read_text())
     (image,) = kustomization["images"]
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", image["digest"]) and "newTag" not in image
-    rendered = kustomize(DEPLOY)
+    rendered = kustomize(kubectl, DEPLOY)
     by_key = {(d["kind"], d["metadata"]["name"]): d for d in rendered}
     plain = {(d["kind"], d["metadata"]["name"]) for d in load(DEPLOY / "daemonset.yaml")}
     assert set(by_key) == plain, "the package is daemonset.yaml, nothing more or less"
@@ -467,13 +545,82 @@ def test_kustomize_sets_the_image_by_digest_and_the_namespace_in_one_place(
     (copy / "kustomization.yaml").write_text(
         KUSTOMIZATION.read_text().replace("namespace: p2pull", "namespace: gpu-cache")
     )
-    moved = kustomize(copy)
+    moved = kustomize(kubectl, copy)
     assert [d["metadata"]["name"] for d in moved if d["kind"] == "Namespace"] == ["gpu-cache"]
     assert {d["metadata"].get("namespace") for d in moved if d["kind"] != "Namespace"} == {
         "gpu-cache"
     }
     text = yaml.safe_dump_all(moved)
     assert "p2pull.svc" not in text and "namespace: p2pull" not in text
+
+
+CHANGED = {"mirror": 7050, "peer": 7051, "metrics": 7395}  # none of them appears in deploy/
+
+
+def with_changed_ports(configmap_text: str) -> str:
+    """deploy/daemonset.yaml with the ConfigMap's three addresses on the CHANGED ports."""
+    for key, port in [("MIRROR", "mirror"), ("PEER", "peer"), ("METRICS", "metrics")]:
+        configmap_text, count = re.subn(
+            rf'^(  P2PULL_{key}_ADDR: "[^:"]+:)\d+"$',
+            rf'\g<1>{CHANGED[port]}"',
+            configmap_text,
+            flags=re.M,
+        )
+        assert count == 1, f"P2PULL_{key}_ADDR is not in daemonset.yaml's ConfigMap once"
+    return configmap_text
+
+
+OVERLAY = """\
+resources: [../deploy]
+namespace: gpu-cache
+configMapGenerator:
+  - name: p2pull-config
+    namespace: p2pull
+    behavior: merge
+    literals:
+      - P2PULL_MIRROR_ADDR=127.0.0.1:{mirror}
+      - P2PULL_PEER_ADDR=0.0.0.0:{peer}
+      - P2PULL_METRICS_ADDR=0.0.0.0:{metrics}
+components: [../deploy/ports]
+"""
+
+
+@pytest.mark.parametrize("how", ["in-deploy", "overlay"])
+def test_a_port_changed_in_the_configmap_reaches_every_place(
+    kubectl: str, tmp_path: Path, how: str
+) -> None:
+    """docs/operations.md, "Ports": change an address in p2pull-config (in deploy/ itself, or
+    merged in by an overlay that lists deploy/ports) and every place that names the port follows:
+    the agent, the hosts.toml the init container writes, container ports, probes, the Service,
+    the scrape annotation; no default port number is left anywhere in what is applied."""
+    copy = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, copy)
+    if how == "in-deploy":
+        daemonset = copy / "daemonset.yaml"
+        daemonset.write_text(with_changed_ports(daemonset.read_text()))
+        rendered = kustomize(kubectl, copy)
+    else:
+        (tmp_path / "overlay").mkdir()
+        (tmp_path / "overlay" / "kustomization.yaml").write_text(OVERLAY.format(**CHANGED))
+        rendered = kustomize(kubectl, tmp_path / "overlay")
+
+    assert_ports(port_places(rendered), CHANGED)
+    defaults = AgentConfig()
+    text = yaml.safe_dump_all(rendered)
+    for default in (defaults.mirror_addr, defaults.peer_addr, defaults.metrics_addr):
+        assert not re.search(rf"\b{default.port}\b", text), f"{default.port} is still there"
+    for doc in rendered:
+        if doc["kind"] in ("DaemonSet", "Service"):  # ports still integers, and so on
+            kubernetes_validate.validate(doc, K8S_VERSIONS[0], strict=True)
+    # the init container, run as the kubelet would, points containerd at the changed port
+    install = container("containerd-config", docs=rendered)
+    certs = tmp_path / "certs.d"
+    done = run_p2pull(
+        with_dir(argv(install, docs=rendered), certs), container_env(install, docs=rendered)
+    )
+    assert done.returncode == 0, done.stderr
+    doc = tomllib.loads((certs / "docker.io" / HOSTS_NAME).read_text())
+    assert next(iter(doc["host"])) == f"http://127.0.0.1:{CHANGED['mirror']}"
 
 
 def test_the_image_installs_pinned_hashed_dependencies_for_every_requirement() -> None:

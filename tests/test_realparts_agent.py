@@ -102,10 +102,12 @@ def agent_config(
     upstreams: Sequence[str] = (),
     default: str | None = None,
     chunk: str = "4MiB",
+    extra: Sequence[str] = (),
 ) -> AgentConfig:
-    """The config ``p2pull agent`` would build from these flags (ports: any free one)."""
+    """The config ``p2pull agent`` would build from these flags and ``extra`` (ports: any free
+    one)."""
     argv = ["--mirror-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--standalone"]
-    argv += ["--data-dir", str(data_dir), "--chunk-size", chunk, "--log-format", "text"]
+    argv += ["--data-dir", str(data_dir), "--chunk-size", chunk, "--log-format", "text", *extra]
     for item in upstreams:
         argv += ["--upstream", item]
     if default is not None:
