@@ -209,7 +209,8 @@ async def test_a_leech_relays_what_the_seed_gave_it_and_keeps_a_push_until_its_h
             await run.seed.send(Push(d, 0, run.sha(0)), run.piece(0))
             await run.leech.wait_for(Piece)
             swarm = await run.early_push()  # before its hash: held
-            assert list(swarm.session.held) == [1]
+            assert swarm.session.chunks is not None
+            assert list(swarm.session.chunks.held) == [1]
             assert not swarm.transfer.blob.bitfield.has(1)  # type: ignore[union-attr]
             await run.seed.send(Have(d, 1, run.sha(1)))  # now it is verified and stored
             # 2 and 3 the agent asks the seed for; what the seed gives, it relays too
@@ -235,7 +236,8 @@ async def test_a_held_push_that_does_not_match_the_seeds_hash_is_dropped_with_it
         async with agent_between_fakes(tmp_path) as run:
             d = str(run.digest)
             swarm = await run.early_push(b"\0" * CHUNK)
-            assert list(swarm.session.held) == [1]
+            assert swarm.session.chunks is not None
+            assert list(swarm.session.chunks.held) == [1]
             await run.seed.send(*(Have(d, i, run.sha(i)) for i in (1, 0, 2, 3)))
     assert sorted(_sent(run.seed, Request)) == [0, 1, 2, 3]
     assert run.node.metric("p2pull_chunks_rejected_total") == 1

@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import random
 
-from p2pull.bitfield import Bitfield
 from p2pull.membership import InvalidPeerAddress, Member
 from p2pull.peer.events import (
     ENDED,
@@ -58,12 +57,10 @@ from p2pull.peer.events import (
     Send,
     Snapshot,
     StartOrigin,
-    WritePiece,
 )
+from p2pull.peer.exchange import ChunkExchange
 from p2pull.peer.messages import (
-    REJECT_BUSY,
     BlobInfo,
-    Cancel,
     Have,
     Interested,
     LocalProtocolError,
@@ -72,16 +69,16 @@ from p2pull.peer.messages import (
     Piece,
     Push,
     Reject,
-    Request,
     Unavailable,
     Waiting,
     peers_message,
 )
-from p2pull.peer.relay import HeldPieces, Relay
-from p2pull.peer.scheduler import Scheduler
+from p2pull.peer.relay import Relay
 from p2pull.store.types import chunk_count
 
 log = logging.getLogger(__name__)
+
+NOBODY: frozenset[str] = frozenset()
 
 
 class BlobSession:
@@ -106,20 +103,12 @@ class BlobSession:
         self.error: str | None = None
         self.members: set[str] = set()  # peers that asked us for updates (we send them Haves)
         self.asked: set[str] = set()  # peers we sent Interested to
-        self.bad: set[str] = set()  # peers that broke the swarm's rules: ignored for this blob
-        self.peer_bits: dict[str, Bitfield] = {}
-        self.hashes: list[bytes | None] = []  # trusted: from the seed, or our own chunks
-        self.scheduler: Scheduler | None = None
+        self.chunks: ChunkExchange | None = None  # once the size is known
         self.relay = Relay()
-        self.held = HeldPieces()  # pieces that came before their hash
-        self._size = 0
-        self._chunk_size = 0
-        self._have: Bitfield | None = None  # None until the size is known
         self._waiting_info: set[str] = set()  # asked us before we knew the size
         self._pending_info: tuple[str, BlobInfo] | None = None  # applied once opened
         self._dialing: set[str] = set()
         self._seed_dial: str | None = None
-        self._writing: set[tuple[str, int]] = set()
         self._origin_running = False
         self._origin_trouble: str | None = None  # the origin's last failure, while it retries
         self._gave_up: set[str] = set()  # seeds that answered Unavailable
@@ -133,11 +122,16 @@ class BlobSession:
 
     @property
     def sized(self) -> bool:
-        return self._have is not None
+        return self.chunks is not None
 
     @property
     def ended(self) -> bool:
         return self.phase in ENDED
+
+    @property
+    def bad(self) -> frozenset[str] | set[str]:
+        """Peers ignored for this blob (they sent a bad chunk or a different description)."""
+        return self.chunks.bad if self.chunks is not None else NOBODY
 
     def start(self, *, now: float) -> list[Action]:
         """Begin: find the seed (dial it, or become it)."""
@@ -152,9 +146,9 @@ class BlobSession:
             raise LocalProtocolError(f"{type(event).__name__} fed before OpenBlob was answered")
         match event:
             case PeerMessage():
-                self._on_peer_message(event, now)
+                self._on_peer_message(event.peer, event.message, now)
             case PeerGone():
-                self._on_gone(event, now)
+                self._on_gone(event.peer, now)
             case LinkUp():
                 self._on_link_up(event, now)
             case DialFailed():
@@ -168,9 +162,10 @@ class BlobSession:
             case PieceStored():
                 self._on_stored(event, now)
             case PieceCorrupt():
-                self._on_corrupt(event, now)
+                self._exchange(event).on_corrupt(event.peer, event.index, now=now)
+                self.members.discard(event.peer)
             case OriginDone():
-                self._on_origin_done(event, now)
+                self._origin_ended(event)
             case OriginRetrying():
                 self._on_origin_retrying(event, now)
             case ReaderWants():
@@ -191,14 +186,13 @@ class BlobSession:
         deadlines = []
         if self.seeding:
             deadlines.append(max(self._progress_at, self._told_at) + self.config.waiting_every)
-        if self._have is None:
+        if self.chunks is None:
             if self.phase is Phase.ASKING:
                 deadlines.append(self._seed_asked_at + timeout)
             return min(deadlines, default=None)
-        if self.scheduler is not None:
-            deadline = self.scheduler.next_deadline()
-            if deadline is not None:
-                deadlines.append(deadline)
+        deadline = self.chunks.scheduler.next_deadline()
+        if deadline is not None:
+            deadlines.append(deadline)
         if self.phase is Phase.LEECHING and self.seed_id is not None:
             deadlines.append(self._progress_at + timeout)
         return min(deadlines, default=None)
@@ -206,27 +200,25 @@ class BlobSession:
     def origin_wants(self, index: int) -> bool:
         """Should the origin fetch get chunk ``index``? Only what no live peer has (with a known
         hash) and nobody is sending."""
-        return self.scheduler is None or self.scheduler.unavailable(index)
+        return self.chunks is None or self.chunks.scheduler.unavailable(index)
 
     def blob_info(self) -> BlobInfo:
         """What this node holds of the blob, with the hash of every chunk it holds."""
-        have = self._have
-        if have is None:
+        if self.chunks is None:
             raise LocalProtocolError("blob_info before the size is known")
-        hashes = tuple((h or b"") if have.has(i) else b"" for i, h in enumerate(self.hashes))
-        return BlobInfo(self.digest, self._size, self._chunk_size, have.to_bytes(), hashes)
+        return self.chunks.describe()
 
     def snapshot(self) -> Snapshot:
-        have = self._have
+        chunks = self.chunks
         return Snapshot(
             digest=self.digest,
             phase=self.phase,
             seeding=self.seeding,
             seed=self.seed_id,
-            peers=len(self.peer_bits),
+            peers=len(chunks.peer_bits) if chunks is not None else 0,
             members=len(self.members),
-            chunks=have.length if have is not None else 0,
-            held=have.count if have is not None else 0,
+            chunks=chunks.have.length if chunks is not None else 0,
+            held=chunks.have.count if chunks is not None else 0,
         )
 
     # -- phases ----------------------------------------------------------------------------------
@@ -237,7 +229,8 @@ class BlobSession:
         self.phase = phase
 
     def _flush(self) -> list[Action]:
-        out, self._out = self._out, []
+        out = list(self._out)
+        self._out.clear()  # the exchange appends to this very list
         return out
 
     def _send(self, peer: str, message: Message) -> None:
@@ -247,6 +240,11 @@ class BlobSession:
         self.error = reason
         self._to(Phase.FAILED)
         self._out.append(Finish(reason))
+
+    def _exchange(self, event: Event) -> ChunkExchange:
+        if self.chunks is None:
+            raise LocalProtocolError(f"{type(event).__name__} before the blob was opened")
+        return self.chunks
 
     # -- the seed --------------------------------------------------------------------------------
 
@@ -312,7 +310,7 @@ class BlobSession:
             self._seed_dial = None
             self.seed_id = event.peer
             self._seed_asked_at = self._progress_at = now
-            self._to(Phase.LEECHING if self._have is not None else Phase.ASKING)
+            self._to(Phase.LEECHING if self.chunks is not None else Phase.ASKING)
             self._send(event.peer, Interested(self.digest, self.name, self.ns))
             self.asked.add(event.peer)
         elif event.peer not in self.asked and event.peer not in self.bad:
@@ -334,23 +332,21 @@ class BlobSession:
     # -- the local blob --------------------------------------------------------------------------
 
     def _on_opened(self, event: BlobOpened, now: float) -> None:
-        if self._have is not None:
+        if self.chunks is not None:
             raise LocalProtocolError("BlobOpened twice")
         count = chunk_count(event.size, event.chunk_size)
         if event.have.length != count or len(event.hashes) != count:
             raise LocalProtocolError(f"BlobOpened with {event.have.length} chunks for {count}")
-        self._size, self._chunk_size = event.size, event.chunk_size
-        self._have = event.have.copy()
-        self.hashes = list(event.hashes)
-        config = self.config
-        self.scheduler = Scheduler(
-            chunk_count=count,
-            max_in_flight_per_peer=config.max_in_flight_per_peer,
-            request_timeout=config.request_timeout,
+        self.chunks = ChunkExchange(
+            digest=self.digest,
+            size=event.size,
+            chunk_size=event.chunk_size,
+            have=event.have,
+            hashes=event.hashes,
             salt=self.node.node_id.encode(),
+            config=self.config,
+            out=self._out,
         )
-        for index in self._have.present():
-            self.scheduler.have(index)  # held before this swarm began: BlobInfo tells them
         if self.phase is Phase.OPENING:
             self._to(Phase.LEECHING)
         for peer in sorted(self._waiting_info):
@@ -362,38 +358,37 @@ class BlobSession:
             self._on_info(peer, info, now)
 
     def _on_failed(self, event: Failed, now: float) -> None:
-        if self.seeding or self.phase is Phase.OPENING:
-            self._origin_running = False
-            for peer in sorted(self.members - self.bad):
-                self._send(peer, Unavailable(self.digest, event.reason[:1000]))
-            self._fail(event.reason)
-        else:
+        if not (self.seeding or self.phase is Phase.OPENING):
             raise LocalProtocolError("Failed fed to a session that neither opened nor fetched")
+        self._origin_running = False
+        for peer in sorted(self.members - self.bad):
+            self._send(peer, Unavailable(self.digest, event.reason[:1000]))
+        self._fail(event.reason)
 
     def _on_landed(self, event: ChunkLanded, now: float) -> None:
-        have = self._have
-        if have is None:
-            raise LocalProtocolError(f"chunk {event.index} landed before the blob was opened")
-        if have.has(event.index):
-            return
-        self._landed(event.index, event.sha256, from_origin=event.source == "origin", now=now)
+        if self._exchange(event).land(event.index, event.sha256):
+            self._announce(event.index, event.sha256, from_origin=event.source == "origin", now=now)
 
-    def _landed(self, index: int, sha256: bytes, *, from_origin: bool, now: float) -> None:
+    def _on_stored(self, event: PieceStored, now: float) -> None:
+        sha256 = self._exchange(event).on_stored(event.peer, event.index, now=now)
+        if sha256 is None:
+            return
+        if event.peer == self.seed_id and not self.seeding:
+            self.relay.from_seed(event.index)  # ours to relay to everyone
+        self._announce(event.index, sha256, from_origin=False, now=now)
+
+    def _announce(self, index: int, sha256: bytes, *, from_origin: bool, now: float) -> None:
         """Chunk ``index`` is ours now: tell the swarm (a push from the seed or a relay, a Have
         to the rest)."""
-        assert self._have is not None and self.scheduler is not None
+        assert self.chunks is not None
         self._progress_at = now
         if from_origin:
             self._origin_trouble = None  # it answers again
-        self._have.set(index)
-        self.scheduler.have(index)
-        if self.hashes[index] is None:
-            self.hashes[index] = sha256
         push = Push(self.digest, index, sha256)
         lacking = [  # not to those that hold it: they need nothing from us
             peer
             for peer in sorted(self.members)
-            if peer not in self.bad and not self._holds(peer, index)
+            if peer not in self.bad and not self.chunks.holds(peer, index)
         ]
         pushed = self.relay.push_out(
             index,
@@ -414,11 +409,7 @@ class BlobSession:
         self._out.append(PushPiece(peer, push))
         return True
 
-    def _holds(self, peer: str, index: int) -> bool:
-        bits = self.peer_bits.get(peer)
-        return bits is not None and bits.has(index)
-
-    def _on_origin_done(self, event: OriginDone, now: float) -> None:
+    def _origin_ended(self, event: OriginDone) -> None:
         if not self._origin_running:
             raise LocalProtocolError("OriginDone without StartOrigin")
         self._origin_running = False
@@ -434,54 +425,51 @@ class BlobSession:
 
     # -- peers -----------------------------------------------------------------------------------
 
-    def _on_gone(self, event: PeerGone, now: float) -> None:
-        peer = event.peer
-        self.held.forget(peer)
+    def _on_gone(self, peer: str, now: float) -> None:
         self.members.discard(peer)
         self.asked.discard(peer)
-        self.peer_bits.pop(peer, None)
-        if self.scheduler is not None:
-            self.scheduler.remove_peer(peer)
+        if self.chunks is not None:
+            self.chunks.remove(peer)
         if peer == self.seed_id and not self.seeding:
             log.info("seed %s of %s is gone: choosing the next", peer, self.digest[:19])
             self.seed_id = None
             self._locate(now)
 
-    def _on_peer_message(self, event: PeerMessage, now: float) -> None:
-        peer, message = event.peer, event.message
+    def _on_peer_message(self, peer: str, message: Message, now: float) -> None:
         if peer in self.bad:
             return
+        chunks, from_seed = self.chunks, peer == self.seed_id
         if isinstance(message, Interested):
             self._on_interested(peer)
         elif isinstance(message, BlobInfo):
             self._on_info(peer, message, now)
-        elif isinstance(message, Have):
-            self._on_have(peer, message)
-            if peer == self.seed_id and self.held:
-                self._verify_held(now)
-        elif isinstance(message, Push):
-            self._on_push(peer, message, now)
-        elif isinstance(message, Piece):
-            self._on_piece(peer, message, now)
-        elif isinstance(message, Reject) and self.scheduler is not None:
-            busy = message.reason == REJECT_BUSY  # full upload queue: soon again, or elsewhere
-            retry = self.config.busy_retry if busy else None
-            self.scheduler.on_failed(peer, message.index, now=now, retry_after=retry)
-        elif isinstance(message, Peers) and peer == self.seed_id:
+        elif isinstance(message, Peers) and from_seed:
             self._on_peers(message)
-        elif isinstance(message, Waiting) and peer == self.seed_id:
+        elif isinstance(message, Waiting) and from_seed:
             self._seed_asked_at = self._progress_at = now  # it is at it: keep waiting for it
-        elif isinstance(message, Unavailable) and peer == self.seed_id and not self.seeding:
+        elif isinstance(message, Unavailable) and from_seed and not self.seeding:
             self._seed_gave_up(peer, message.reason, now)
+        elif chunks is None:
+            return  # chunk traffic before we know the blob: nothing to do with it yet
+        elif isinstance(message, Have):
+            chunks.on_have(peer, message, from_seed=from_seed)
+            if from_seed and chunks.held:
+                chunks.verify_held(now)
+        elif isinstance(message, Push):
+            chunks.on_push(peer, message, from_seed=from_seed, now=now)
+        elif isinstance(message, Piece):
+            chunks.on_piece(peer, message, now)
+        elif isinstance(message, Reject):
+            chunks.on_reject(peer, message, now=now)
 
     def _on_interested(self, peer: str) -> None:
         self.members.add(peer)
-        if self._have is None:
+        if self.chunks is None:
             self._waiting_info.add(peer)
             if self.seeding and self._origin_trouble is not None:
                 self._send(peer, Waiting(self.digest, self._origin_trouble[:1000]))
             return
-        self._send(peer, self.blob_info())
+        self._send(peer, self.chunks.describe())
         if self.seeding:
             others = sorted(m for m in self.members if m != peer and m not in self.bad)
             sample = self.rng.sample(others, min(len(others), self.config.peers_handout))
@@ -492,110 +480,16 @@ class BlobSession:
             self.asked.add(peer)
 
     def _on_info(self, peer: str, info: BlobInfo, now: float) -> None:
-        if self._have is None:
+        if self.chunks is None:
             if peer != self.seed_id or self.phase is not Phase.ASKING:
                 return
             self._pending_info = (peer, info)
             self._to(Phase.OPENING)
             self._out.append(OpenBlob(info.size, info.chunk_size))
             return
-        if (info.size, info.chunk_size) != (self._size, self._chunk_size):
-            log.warning("peer %s describes %s differently; ignoring it", peer, self.digest[:19])
-            self._drop(peer)
-            return
-        self.peer_bits[peer] = Bitfield(self._have.length, info.bitfield)
-        if peer == self.seed_id:
-            for index, digest in enumerate(info.hashes):
-                if digest and self.hashes[index] is None:
-                    self.hashes[index] = digest
-            for other in sorted(self.peer_bits):
-                self._offer(other)
-            self._verify_held(now)
-        else:
-            self._offer(peer)
-
-    def _on_have(self, peer: str, have: Have) -> None:
-        bits = self.peer_bits.get(peer)
-        if bits is None or self.scheduler is None or have.index >= bits.length:
-            return
-        bits.set(have.index)
-        if peer == self.seed_id and self.hashes[have.index] is None:
-            self.hashes[have.index] = have.sha256
-            for other, other_bits in sorted(self.peer_bits.items()):
-                if other_bits.has(have.index) and other not in self.bad:
-                    self.scheduler.peer_has(other, have.index)
-        elif self.hashes[have.index] is not None:
-            self.scheduler.peer_has(peer, have.index)
-
-    def _on_push(self, peer: str, push: Push, now: float) -> None:
-        """A chunk coming unasked: expected from ``peer`` like a request (requests for it to
-        others are cancelled), unless we hold it (then the push is cancelled). Its hash may not
-        be here yet: the piece then waits for it (``_hold``)."""
-        self._on_have(peer, Have(push.digest, push.index, push.sha256))
-        scheduler = self.scheduler
-        crossed = None
-        if scheduler is not None and peer in self.peer_bits and 0 <= push.index < len(self.hashes):
-            crossed = scheduler.pushed(peer, push.index, now=now)
-        if crossed is None:
-            self._send(peer, Cancel(self.digest, push.index))
-            return
-        for request in crossed:
-            self._send(request.peer, Cancel(self.digest, request.index))
-
-    def _on_piece(self, peer: str, piece: Piece, now: float) -> None:
-        have, scheduler = self._have, self.scheduler
-        if have is None or scheduler is None or not 0 <= piece.index < have.length:
-            return
-        if have.has(piece.index) or (peer, piece.index) in self._writing:
-            return  # a late duplicate
-        expected = self.hashes[piece.index]
-        if expected is None:
-            self._hold(peer, piece, now)
-            return
-        self._writing.add((peer, piece.index))
-        self._out.append(WritePiece(peer, piece.index, piece.data, expected))
-
-    def _on_stored(self, event: PieceStored, now: float) -> None:
-        peer, index = event.peer, event.index
-        self._write_ended(peer, index)
-        assert self.scheduler is not None
-        if self._have is not None and self._have.has(index):
-            return  # landed meanwhile (the origin, another peer)
-        if peer == self.seed_id and not self.seeding:
-            self.relay.from_seed(index)
-        for duplicate in self.scheduler.on_piece(peer, index, now=now):
-            self._send(duplicate.peer, Cancel(self.digest, duplicate.index))
-        expected = self.hashes[index]
-        assert expected is not None
-        self._landed(index, expected, from_origin=False, now=now)
-
-    def _on_corrupt(self, event: PieceCorrupt, now: float) -> None:
-        self._write_ended(event.peer, event.index)
-        log.warning(
-            "peer %s sent a corrupt chunk %d of %s: dropping it for this blob",
-            event.peer,
-            event.index,
-            self.digest[:19],
-        )
-        assert self.scheduler is not None
-        self.scheduler.on_failed(event.peer, event.index, now=now)
-        self._drop(event.peer)
-
-    def _write_ended(self, peer: str, index: int) -> None:
-        if (peer, index) not in self._writing:
-            raise LocalProtocolError(f"a write result for chunk {index} from {peer}, not asked")
-        self._writing.discard((peer, index))
-
-    def _hold(self, peer: str, piece: Piece, now: float) -> None:
-        """Keep a piece that came before its hash (``p2pull.peer.relay``). Pieces nobody
-        expects from ``peer`` are dropped; beyond the held budget it is asked for again."""
-        assert self.scheduler is not None
-        if self.scheduler.expecting(peer, piece.index) and not self.held.hold(peer, piece):
-            self.scheduler.on_failed(peer, piece.index, now=now, retry_after=self.config.busy_retry)
-
-    def _verify_held(self, now: float) -> None:
-        for peer, piece in self.held.take(lambda index: self.hashes[index] is not None):
-            self._on_piece(peer, piece, now)
+        self.chunks.on_info(peer, info, from_seed=peer == self.seed_id, now=now)
+        if peer in self.chunks.bad:
+            self.members.discard(peer)
 
     def _on_peers(self, peers: Peers) -> None:
         for node_id, host, port in peers.peers[: self.config.peers_handout]:
@@ -608,55 +502,27 @@ class BlobSession:
             if member.node_id == node_id:
                 self._dial(member)
 
-    def _offer(self, peer: str) -> None:
-        """Tell the scheduler which chunks ``peer`` can give us (those we can verify)."""
-        bits = self.peer_bits.get(peer)
-        if bits is None or self.scheduler is None or peer in self.bad:
-            return
-        usable = Bitfield(bits.length)
-        for index in bits.present():
-            if self.hashes[index] is not None:
-                usable.set(index)
-        self.scheduler.add_peer(peer, usable)
-
-    def _drop(self, peer: str) -> None:
-        self.held.forget(peer)
-        self.bad.add(peer)
-        self.members.discard(peer)
-        self.peer_bits.pop(peer, None)
-        if self.scheduler is not None:
-            self.scheduler.remove_peer(peer)
-
     # -- the pump --------------------------------------------------------------------------------
 
     def _pump(self, now: float) -> None:
-        have, scheduler = self._have, self.scheduler
-        timeout = self.config.info_timeout
+        chunks, timeout = self.chunks, self.config.info_timeout
         if (
             self.seeding
             and now >= max(self._progress_at, self._told_at) + self.config.waiting_every
         ):
             self._tell_waiting(now)
-        if have is None or scheduler is None:
+        if chunks is None:
             if self.phase is Phase.ASKING and now >= self._seed_asked_at + timeout:
                 log.warning("seed %s did not describe %s in time", self.seed_id, self.digest[:19])
                 if self.seed_id is not None:
                     self.node.membership.suspect(self.seed_id, now=now)
                 self._locate(now)
             return
-        if have.complete:
+        if chunks.have.complete:
             self._to(Phase.DONE)
             self._out.append(Finish(None))
             return
-        if self._reader is not None:
-            scheduler.set_window(self._reader, min(self._reader + self.config.window, have.length))
-        for stale in scheduler.expire(now=now):
-            self._send(stale.peer, Cancel(self.digest, stale.index))
-        for assignment in scheduler.next_requests(now=now):
-            if not self.node.serving.linked(assignment.peer):
-                scheduler.remove_peer(assignment.peer)
-                continue
-            self._send(assignment.peer, Request(self.digest, assignment.index))
+        chunks.request(now=now, reader=self._reader, linked=self.node.serving.linked)
         if (
             self.phase is Phase.LEECHING
             and self.seed_id is not None
@@ -667,7 +533,7 @@ class BlobSession:
             log.info("no progress on %s: asking seed %s again", self.digest[:19], self.seed_id)
             self._progress_at = now
             self._send(self.seed_id, Interested(self.digest, self.name, self.ns))
-        if self.seeding and not self._origin_running and scheduler.missing_unavailable():
+        if self.seeding and not self._origin_running and chunks.scheduler.missing_unavailable():
             self._start_origin()
 
 

@@ -41,7 +41,8 @@ from p2pull.peer.superseed import SuperSeeder
 from p2pull.ratelimit import UNLIMITED, RateLimiter
 from p2pull.reference import Digest, RegistryHost, validate_name
 from p2pull.store.types import BlobStore, StoredBlob
-from p2pull.swarm.driver import DriverContext, SessionDriver
+from p2pull.swarm.context import DriverContext
+from p2pull.swarm.driver import SessionDriver
 from p2pull.swarm.links import PeerLink, PeerPool, slot
 from p2pull.swarm.transport import PeerTransport, TcpTransport
 from p2pull.transfer import Transfer
@@ -144,7 +145,7 @@ class SwarmNode:
         metrics.peer_links.set_function(lambda: len(self.pool.links))
         metrics.swarms.set_function(lambda: len(self.drivers))
         metrics.swarm_members.set_function(
-            lambda: sum(len(d.session.peer_bits) for d in self.drivers.values())
+            lambda: sum(d.session.snapshot().peers for d in self.drivers.values())
         )
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
