@@ -10,16 +10,18 @@ from pathlib import Path
 import httpx
 import trio
 
-from p2pull.blobs import BlobService, ResumePolicy
+from p2pull.blobs import EARLY_HEADERS, BlobService, ResumePolicy
 from p2pull.httpserver import HttpServer
 from p2pull.manifests import ManifestService
 from p2pull.metrics import Metrics
 from p2pull.mirror import Mirror
+from p2pull.sizes import SizeHints
 from p2pull.store.disk import DiskStore
 from p2pull.testing.fakes import FixedUpstreams
 from p2pull.upstream.types import Upstream, Upstreams
 
 CHUNK = 64 * 1024
+QUICK_RESUME = ResumePolicy(patience=1.0, backoff_base=0.001, backoff_max=0.01)
 
 
 @dataclass
@@ -38,6 +40,8 @@ async def running_mirror(
     *,
     chunk_size: int = CHUNK,
     require_ns: bool = False,
+    resume: ResumePolicy = QUICK_RESUME,
+    early_headers: float = EARLY_HEADERS,
 ) -> AsyncIterator[MirrorUnderTest]:
     """``upstream`` answers every ns, or ``Upstreams`` (anything with for_namespace) maps them."""
     metrics = Metrics()
@@ -47,13 +51,16 @@ async def running_mirror(
         if hasattr(upstream, "for_namespace")
         else FixedUpstreams(upstream, require_ns=require_ns)  # type: ignore[arg-type]
     )
+    sizes = SizeHints()
     blobs = BlobService(
         store=store,
         upstreams=upstreams,
         metrics=metrics,
-        resume=ResumePolicy(patience=1.0, backoff_base=0.001, backoff_max=0.01),
+        resume=resume,
+        sizes=sizes,
+        early_headers=early_headers,
     )
-    manifests = ManifestService(store=store, upstreams=upstreams)
+    manifests = ManifestService(store=store, upstreams=upstreams, sizes=sizes)
     mirror = Mirror(blobs=blobs, manifests=manifests, metrics=metrics)
     async with trio.open_nursery() as nursery:
         await nursery.start(blobs.run)

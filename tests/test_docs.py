@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import TABLE_END, TABLE_START, markdown_table
+from p2pull.peer import events
 
 ROOT = Path(__file__).resolve().parent.parent
 OPERATIONS = ROOT / "docs" / "operations.md"
@@ -29,6 +30,17 @@ def test_the_configuration_table_is_what_the_parser_prints() -> None:
     assert shown == markdown_table(), (
         "docs/operations.md's configuration table differs from the agent's flags: run "
         "scripts/config-table --write"
+    )
+
+
+def test_the_session_tables_are_the_session_s_own() -> None:
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    start, end = events.TABLES_START, events.TABLES_END
+    assert text.count(start) == 1 and text.count(end) == 1
+    shown = text[text.index(start) : text.index(end) + len(end)]
+    assert shown == events.markdown_tables(), (
+        "docs/architecture.md's phase, event or action table differs from p2pull/peer/events.py:"
+        " run scripts/session-tables --write"
     )
 
 

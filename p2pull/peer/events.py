@@ -6,6 +6,7 @@ actions are what the shell must do. All frozen dataclasses; the shell matches on
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 
@@ -44,6 +45,8 @@ ENDED = frozenset({Phase.DONE, Phase.FAILED})
 
 @dataclass(frozen=True, slots=True)
 class PeerMessage:
+    """A message from ``peer`` about this blob (decoded and checked by the wire)."""
+
     peer: str
     message: Message
 
@@ -64,6 +67,8 @@ class LinkUp:
 
 @dataclass(frozen=True, slots=True)
 class DialFailed:
+    """A ``Dial`` failed (refused, timed out, or the handshake failed)."""
+
     peer: str
     reason: str
 
@@ -180,7 +185,7 @@ class OpenBlob:
 @dataclass(frozen=True, slots=True)
 class WritePiece:
     """Verify ``data`` against ``expected`` and store it; answer with ``PieceStored`` (and
-    ``ChunkLanded``) or ``PieceCorrupt``. A chunk that landed meanwhile needs no answer."""
+    ``ChunkLanded``) or ``PieceCorrupt``; a chunk that landed meanwhile is ``PieceStored``."""
 
     peer: str
     index: int
@@ -250,3 +255,32 @@ class Snapshot:
     members: int
     chunks: int
     held: int
+
+
+TABLES_START = "<!-- session tables: scripts/session-tables --write -->"
+TABLES_END = "<!-- end of session tables -->"
+
+
+def markdown_tables() -> str:
+    """The phases with their moves, the events and the actions, as docs/architecture.md shows
+    them (between TABLES_START and TABLES_END; tests/test_docs.py checks it)."""
+
+    def summary(cls: type) -> str:
+        doc = (cls.__doc__ or "").strip()
+        if doc.startswith(f"{cls.__name__}("):  # the dataclass default: no docstring
+            return ""
+        return " ".join(doc.split("\n\n")[0].split()).replace("``", "`")
+
+    lines = [TABLES_START, "", "| phase | may move to |", "|---|---|"]
+    for phase, targets in TRANSITIONS.items():
+        moves = ", ".join(t.name for t in sorted(targets, key=list(Phase).index)) or "(end)"
+        if phase not in ENDED:
+            moves += ", FAILED"
+        lines.append(f"| {phase.name} | {moves} |")
+    for title, union in (("event (fed by the shell)", Event), ("action (carried out by it)", Action)):
+        lines += ["", f"| {title} | meaning |", "|---|---|"]
+        for cls in union.__args__:
+            fields = ", ".join(f.name for f in dataclasses.fields(cls))
+            lines.append(f"| `{cls.__name__}({fields})` | {summary(cls)} |")
+    lines += ["", TABLES_END]
+    return "\n".join(lines)
