@@ -277,7 +277,8 @@ def markdown_tables() -> str:
         if phase not in ENDED:
             moves += ", FAILED"
         lines.append(f"| {phase.name} | {moves} |")
-    for title, union in (("event (fed by the shell)", Event), ("action (carried out by it)", Action)):
+    kinds = (("event (fed by the shell)", Event), ("action (carried out by it)", Action))
+    for title, union in kinds:
         lines += ["", f"| {title} | meaning |", "|---|---|"]
         for cls in union.__args__:
             fields = ", ".join(f.name for f in dataclasses.fields(cls))
