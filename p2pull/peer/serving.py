@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from p2pull.peer.latecomers import Latecomers
-from p2pull.peer.messages import REJECT_BUSY
+from p2pull.peer.messages import REJECT_BUSY, BlobInfo, Message, Unavailable, peers_message
 from p2pull.peer.superseed import SuperSeeder
 
 PUSH_BACKLOG = 2  # relayed chunks (or requests) of one peer waiting for an upload slot, at most
@@ -145,6 +145,30 @@ class Serving:
         if entry is None or now - entry[0] >= FAILED_FOR:
             return None
         return entry[1]
+
+    def answer_interest(
+        self, digest: str, asker: str, held: BlobInfo | None, *, now: float, limit: int
+    ) -> list[Message] | None:
+        """What to answer an Interested in ``digest`` that no session here owns: ``held``, this
+        node's BlobInfo when it holds the blob whole, with whom else to ask (``referrals``);
+        Unavailable when this node gave up seeding it lately; None: fetch it (a session will
+        answer)."""
+        if held is not None:
+            referrals = self.referrals(digest, asker, now=now, limit=limit)
+            return [held, peers_message(digest, referrals)] if referrals else [held]
+        failure = self.failure(digest, now=now)
+        if failure is not None:
+            return [Unavailable(digest, failure[:1000])]
+        return None
+
+    def session_ended(
+        self, digest: str, members: Iterable[str], *, now: float, failed_seeding: str | None
+    ) -> None:
+        """This node's session for ``digest`` ended with these members (and, if it seeded the
+        blob and gave up, why)."""
+        self.swarm_ended(digest, members, now=now)
+        if failed_seeding is not None:
+            self.seeding_failed(digest, failed_seeding, now=now)
 
     def forget(self, digest: str) -> None:
         self.superseed.forget(digest)

@@ -34,7 +34,6 @@ from p2pull.peer.messages import (
     Reject,
     Request,
     Unavailable,
-    peers_message,
 )
 from p2pull.peer.serving import Serving
 from p2pull.peer.superseed import SuperSeeder
@@ -168,10 +167,13 @@ class SwarmNode:
         finally:
             if self.drivers.get(transfer.digest) is driver:
                 del self.drivers[transfer.digest]
-            session, now = driver.session, self.clock()
-            self.serving.swarm_ended(session.digest, session.members - session.bad, now=now)
-            if session.seeding and session.error is not None:
-                self.serving.seeding_failed(session.digest, session.error, now=now)
+            session = driver.session
+            self.serving.session_ended(
+                session.digest,
+                session.members - session.bad,
+                now=self.clock(),
+                failed_seeding=session.error if session.seeding else None,
+            )
             self._answer_late_interest(driver, transfer.digest)
 
     def _answer_late_interest(self, driver: SessionDriver, digest: Digest) -> None:
@@ -186,19 +188,17 @@ class SwarmNode:
                 self._describe_complete(link, digest)
 
     def _describe_complete(self, link: PeerLink, digest: Digest) -> bool:
-        """Send ``link``'s peer our BlobInfo if we hold all of ``digest``; True if sent. No
-        session for it runs here any more, so the peer also learns whom else to ask
-        (``Serving.referrals``)."""
+        """Answer ``link``'s peer's Interested in ``digest`` if no session is needed for it
+        (``Serving.answer_interest``: this node holds the blob whole, or gave up on it lately);
+        True if answered."""
         blob = self.store.lookup(digest)
-        if blob is None or not blob.bitfield.complete:
-            return False
-        link.send(describe(blob))
-        referrals = self.serving.referrals(
-            str(digest), link.peer_id, now=self.clock(), limit=self.config.peers_handout
+        held = describe(blob) if blob is not None and blob.bitfield.complete else None
+        answer = self.serving.answer_interest(
+            str(digest), link.peer_id, held, now=self.clock(), limit=self.config.peers_handout
         )
-        if referrals:
-            link.send(peers_message(str(digest), referrals))
-        return True
+        for message in answer or ():
+            link.send(message)
+        return answer is not None
 
     def _linked(self, peer: str) -> bool:
         """A live link to ``peer`` is up."""
@@ -248,10 +248,6 @@ class SwarmNode:
 
     async def _on_interested(self, link: PeerLink, digest: Digest, message: Interested) -> None:
         if self._describe_complete(link, digest):
-            return
-        failure = self.serving.failure(message.digest, now=self.clock())
-        if failure is not None:
-            link.send(Unavailable(message.digest, failure[:1000]))
             return
         try:
             name = validate_name(message.name)
