@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from p2pull.errors import P2pullError
+
+RANKS_KEPT = 64  # digests whose HRW ranking a Membership remembers
 
 
 class InvalidPeerAddress(P2pullError, ValueError):
@@ -104,6 +106,7 @@ class Membership:
     __slots__ = (
         "_live",
         "_now",
+        "_ranks",
         "_suspected",
         "_views",
         "on_change",
@@ -129,6 +132,7 @@ class Membership:
         self._suspected: dict[str, float] = {}  # node_id -> when the suspicion ends
         self._now = float("-inf")  # the latest ``now`` seen
         self._live: tuple[Member, ...] = (self_member,)
+        self._ranks: dict[str, tuple[int, tuple[Member, ...], dict[str, int]]] = {}
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -157,8 +161,8 @@ class Membership:
 
     def expire(self, *, now: float) -> None:
         """Let the suspicions that ended by ``now`` lapse (every ``now``-taking call does this)."""
-        self._advance(now)
-        self._refresh()
+        if self._advance(now):
+            self._refresh()
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -167,13 +171,40 @@ class Membership:
         self.expire(now=now)
         return list(self._live)
 
-    def seed_for(self, digest: str, *, now: float) -> Member:
-        """The member that fetches ``digest`` from the origin."""
-        return self.successors(digest, now=now)[0]
+    def seed_for(self, digest: str, *, now: float, excluding: Collection[str] = ()) -> Member:
+        """The member that fetches ``digest`` from the origin: the live member with the highest
+        HRW score, passing over those in ``excluding`` (seeds that gave up on it; never this
+        node itself)."""
+        me = self.self_member.node_id
+        for member in self._ranked(digest, now):
+            if member.node_id == me or member.node_id not in excluding:
+                return member
+        raise AssertionError("this node is always live")
 
     def successors(self, digest: str, *, now: float) -> list[Member]:
         """Live members in HRW order for ``digest``: the seed, then whoever takes over from it."""
-        return rank(self.live(now=now), digest)
+        return list(self._ranked(digest, now))
+
+    def ranking(self, digest: str, *, now: float) -> tuple[tuple[Member, ...], dict[str, int]]:
+        """The live members in HRW order for ``digest``, and each one's place in it."""
+        self._ranked(digest, now)
+        _, ranked, places = self._ranks[digest]
+        return ranked, places
+
+    def _ranked(self, digest: str, now: float) -> tuple[Member, ...]:
+        """The live view in HRW order for ``digest``, remembered for the last RANKS_KEPT
+        digests until the view changes (a large cluster's ranking is a sort of every member)."""
+        self.expire(now=now)
+        cached = self._ranks.get(digest)
+        if cached is not None and cached[0] == self.version:
+            return cached[1]
+        ranked = tuple(rank(self._live, digest))
+        self._ranks.pop(digest, None)
+        places = {member.node_id: place for place, member in enumerate(ranked)}
+        self._ranks[digest] = (self.version, ranked, places)
+        while len(self._ranks) > RANKS_KEPT:
+            del self._ranks[next(iter(self._ranks))]
+        return ranked
 
     def next_expiry(self) -> float | None:
         """When the earliest suspicion ends (None if nobody is suspected)."""
@@ -189,11 +220,13 @@ class Membership:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _advance(self, now: float) -> None:
+    def _advance(self, now: float) -> bool:
+        """Move the clock to ``now``; True if a suspicion lapsed."""
         self._now = max(self._now, now)
-        for node_id, until in list(self._suspected.items()):
-            if until <= self._now:
-                del self._suspected[node_id]
+        lapsed = [node_id for node_id, until in self._suspected.items() if until <= self._now]
+        for node_id in lapsed:
+            del self._suspected[node_id]
+        return bool(lapsed)
 
     def _refresh(self) -> None:
         by_id = {member.node_id: member for view in self._views.values() for member in view}

@@ -220,6 +220,7 @@ Action = Send | Dial | OpenBlob | WritePiece | StartOrigin | PushPiece | Finish
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
     max_in_flight_per_peer: int = 4
+    max_in_flight: int = 0  # chunks on their way from all peers together before asking more
     request_timeout: float = 30.0  # a 4 MiB piece behind a few others on a slow uplink
     window: int = 4  # chunks from the one a local reader waits on, asked for first
     peers_handout: int = 32
@@ -231,6 +232,10 @@ class SessionConfig:
     # Seeds that may give up (Unavailable) before the session gives up too: the blob's seed,
     # then this many successors, one at a time, never every member at once.
     handovers: int = 1
+    # 0: every member asks the seed. n: members form a tree in HRW order (the seed, then n
+    # children, n each of theirs, ...) and each asks its parent: nobody has more than n askers.
+    fanout: int = 0
+    relay_fanout: int = 0  # see p2pull.peer.relay.Relay
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,17 +48,24 @@ class Scheduler:
         *,
         chunk_count: int,
         max_in_flight_per_peer: int = 4,
+        max_in_flight: int = 0,
         request_timeout: float = 10.0,
         endgame_duplicates: int = 2,
         stall_penalty: float = 5.0,
         salt: bytes = b"",
     ) -> None:
-        if max_in_flight_per_peer < 1 or endgame_duplicates < 1:
-            raise ValueError("max_in_flight_per_peer and endgame_duplicates must be >= 1")
+        if max_in_flight_per_peer < 1 or endgame_duplicates < 1 or max_in_flight < 0:
+            raise ValueError(
+                "max_in_flight_per_peer and endgame_duplicates must be >= 1, max_in_flight >= 0"
+            )
         if request_timeout <= 0 or stall_penalty < 0:
             raise ValueError("request_timeout must be > 0 and stall_penalty >= 0")
         self.chunk_count = chunk_count
         self.max_in_flight_per_peer = max_in_flight_per_peer
+        # New requests stop while this many chunks are on their way in all (0: no cap): with
+        # many peers, 4 each would ask for far more than the downlink takes before they expire.
+        self.max_in_flight = max_in_flight
+        self._in_flight = 0  # requests and pushes on their way, all peers together
         self.request_timeout = request_timeout
         self.endgame_duplicates = endgame_duplicates
         self.stall_penalty = stall_penalty
@@ -159,6 +166,7 @@ class Scheduler:
             self._release(other, index)
         self._by_chunk[index] = {peer: now}
         self._by_peer[peer][index] = now
+        self._in_flight += 1
         self._dirty = True
         return [Assignment(other, index) for other in others]
 
@@ -222,6 +230,12 @@ class Scheduler:
 
     def expire(self, *, now: float) -> list[Assignment]:
         """Release requests at or past their deadline and penalize their peers; returns them."""
+        self._stale.clear()  # requests for chunks we hold: the peer got its chance to answer
+        timeout = self.request_timeout
+        if not any(
+            now >= sent + timeout for peers in self._by_chunk.values() for sent in peers.values()
+        ):
+            return []
         expired = [
             Assignment(peer, index)
             for index, peers in sorted(self._by_chunk.items())
@@ -232,7 +246,6 @@ class Scheduler:
             self._release(request.peer, request.index)
             self._penalized_until[request.peer] = now + self.stall_penalty
             self._dirty = True
-        self._stale.clear()  # requests for chunks we hold: the peer got its chance to answer
         return expired
 
     # --- the decision -------------------------------------------------------------------------
@@ -242,28 +255,34 @@ class Scheduler:
         if not self._dirty and now < self._wake_at:
             return []  # nothing changed since the last call that could allow a request
         self._dirty = False
-        self._avoid_until = {key: t for key, t in self._avoid_until.items() if t > now}
+        if self._avoid_until:
+            self._avoid_until = {key: t for key, t in self._avoid_until.items() if t > now}
         self._wake_at = min(
             [t for t in self._penalized_until.values() if t > now] + [*self._avoid_until.values()],
             default=math.inf,
         )
-        free = {
-            peer: self.max_in_flight_per_peer - len(self._by_peer[peer])
-            for peer in sorted(self._peers)
-            if self._penalized_until.get(peer, -math.inf) <= now
-        }
-        free = {peer: slots for peer, slots in free.items() if slots > 0}
         out: list[Assignment] = []
+        room = self.max_in_flight - self._in_flight if self.max_in_flight else math.inf
+        if room <= 0:
+            return out  # a piece arriving, or a request failing, makes room (and dirties)
+        limit, penalized = self.max_in_flight_per_peer, self._penalized_until
+        free = {
+            peer: limit - len(chunks)
+            for peer, chunks in self._by_peer.items()
+            if len(chunks) < limit
+            and peer in self._peers
+            and (not penalized or penalized.get(peer, -math.inf) <= now)
+        }
         if not free:
             return out
         for index in self._wanted(free):
             self._assign(index, free, now, out)
-            if not free:
+            if not free or len(out) >= room:
                 return out
         if free and self._in_endgame():
             for index in self._endgame_order():
                 while free and len(self._by_chunk[index]) < self.endgame_duplicates:
-                    if not self._assign(index, free, now, out):
+                    if len(out) >= room or not self._assign(index, free, now, out):
                         break
         return out
 
@@ -309,6 +328,7 @@ class Scheduler:
     # --- internals ----------------------------------------------------------------------------
 
     def _release(self, peer: str, index: int) -> None:
+        self._in_flight -= 1
         del self._by_peer[peer][index]
         holders = self._by_chunk[index]
         del holders[peer]
@@ -366,6 +386,7 @@ class Scheduler:
         *_, peer = min(candidates)
         self._by_chunk.setdefault(index, {})[peer] = now
         self._by_peer[peer][index] = now
+        self._in_flight += 1
         out.append(Assignment(peer, index))
         free[peer] -= 1
         if not free[peer]:

@@ -104,7 +104,7 @@ class BlobSession:
         self.members: set[str] = set()  # peers that asked us for updates (we send them Haves)
         self.asked: set[str] = set()  # peers we sent Interested to
         self.chunks: ChunkExchange | None = None  # once the size is known
-        self.relay = Relay()
+        self.relay = Relay(fanout=self.config.relay_fanout, rng=self.rng)
         self._waiting_info: set[str] = set()  # asked us before we knew the size
         self._pending_info: tuple[str, BlobInfo] | None = None  # applied once opened
         self._dialing: set[str] = set()
@@ -249,15 +249,26 @@ class BlobSession:
     # -- the seed --------------------------------------------------------------------------------
 
     def _locate(self, now: float) -> None:
-        """Dial the blob's seed: the highest live member that has not given up on it."""
-        successors = self.node.membership.successors(self.digest, now=now)
-        seed = next(m for m in successors if m.node_id not in self._gave_up)  # never this node
+        """Dial the blob's seed (the highest live member that has not given up on it), or with
+        a ``fanout``, this node's parent in the tree those members form in HRW order."""
+        seed = self._upstream(now)
         if seed.node_id == self.node.node_id:
             self._become_seed(now)
             return
         self._to(Phase.LOCATING)
         self.seed_id, self._seed_dial = None, seed.node_id
         self._dial(seed)
+
+    def _upstream(self, now: float) -> Member:
+        membership, fanout, me = self.node.membership, self.config.fanout, self.node.node_id
+        if fanout <= 0:
+            return membership.seed_for(self.digest, now=now, excluding=self._gave_up)
+        ranked, places = membership.ranking(self.digest, now=now)
+        if self._gave_up:
+            kept = [m for m in ranked if m.node_id == me or m.node_id not in self._gave_up]
+            ranked, places = tuple(kept), {m.node_id: i for i, m in enumerate(kept)}
+        place = places[me]
+        return ranked[(place - 1) // fanout] if place else ranked[0]
 
     def _dial(self, member: Member) -> None:
         if member.node_id not in self._dialing:
@@ -370,12 +381,21 @@ class BlobSession:
             self._announce(event.index, event.sha256, from_origin=event.source == "origin", now=now)
 
     def _on_stored(self, event: PieceStored, now: float) -> None:
+        pushed = self._pushed(event)
         sha256 = self._exchange(event).on_stored(event.peer, event.index, now=now)
         if sha256 is None:
             return
-        if event.peer == self.seed_id and not self.seeding:
-            self.relay.from_seed(event.index)  # ours to relay to everyone
+        if not self.seeding and (event.peer == self.seed_id or pushed):
+            self.relay.from_seed(event.index)  # ours to relay
         self._announce(event.index, sha256, from_origin=False, now=now)
+
+    def _pushed(self, event: PieceStored) -> bool:
+        """The piece came pushed (and a relay fanout spreads pushes hop by hop)."""
+        return (
+            self.config.relay_fanout > 0
+            and self.chunks is not None
+            and self.chunks.was_pushed(event.peer, event.index)
+        )
 
     def _announce(self, index: int, sha256: bytes, *, from_origin: bool, now: float) -> None:
         """Chunk ``index`` is ours now: tell the swarm (a push from the seed or a relay, a Have
@@ -470,7 +490,7 @@ class BlobSession:
                 self._send(peer, Waiting(self.digest, self._origin_trouble[:1000]))
             return
         self._send(peer, self.chunks.describe())
-        if self.seeding:
+        if self.seeding or self.config.fanout > 0:
             others = sorted(m for m in self.members if m != peer and m not in self.bad)
             sample = self.rng.sample(others, min(len(others), self.config.peers_handout))
             if sample:

@@ -1,0 +1,273 @@
+"""The pull storm at cluster scale, simulated with the agent's own protocol code.
+
+    python3 bench/sim.py --nodes 1000 --size 10GiB --layers 4 --rate-gbit 25 \\
+        --origin-rate-gbit 10 --rack 32 --oversub 4 --slow 0.1 --seed 1 --json
+
+Every node runs the agent's pure protocol (``BlobSession``, the scheduler, relay,
+super-seeding, latecomers, upload admission, HRW membership: ``bench/simnode.py``) over a byte
+model of a cluster (``bench/simnet.py``): per-node links, racks of ``--rack`` nodes behind a
+shared uplink ``--oversub`` times narrower than their nodes together, one-way ``--latency-ms``,
+an origin with its own uplink. A fraction ``--slow`` of the nodes have ``--slow-factor`` times
+their rate; ``--late`` of them start ``--late-delay`` s after the others; ``--kill T:K`` kills K
+nodes (the first blob's seed among them) at T s. Every node's client wants every layer at once.
+
+One JSON line (``--json``) or a short report: origin bytes over the image size, each node's
+completion over its lower bound (the image at ``min(its downlink, the origin's uplink)``: p50,
+p99, max), peer connections per node, control messages and bytes per node, bytes that crossed
+a rack boundary over ``racks x size``, and the run's own cost (events, wall seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.simnet import Clock, Host, Link, Network  # noqa: E402
+from bench.simnode import Blob, SimNode, World  # noqa: E402
+from p2pull.membership import Member, Membership  # noqa: E402
+from p2pull.peer.events import SessionConfig  # noqa: E402
+
+UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = cleaned[-1] if cleaned and cleaned[-1] in UNITS else ""
+    return int(float(cleaned.removesuffix(unit)) * UNITS[unit])
+
+
+def address(index: int) -> Member:
+    """Node ``index``'s peer address, in 198.18.0.0/15 (131,072 of them)."""
+    return Member.of(f"198.{18 + (index >> 16)}.{(index >> 8) & 255}.{index & 255}", 5051)
+
+
+class SharedMembership:
+    """Every node's membership starts as one shared view (a static peer list of N members
+    costs N entries per node otherwise); a node that suspects someone gets its own copy from
+    then on. Reads go to whichever it has."""
+
+    def __init__(self, base: Membership, me: Member, members: frozenset[Member]) -> None:
+        self._base, self._me, self._members = base, me, members
+        self._own: Membership | None = None
+
+    def _view(self) -> Membership:
+        return self._own or self._base
+
+    def seed_for(self, digest: str, *, now: float, excluding: Any = ()) -> Member:
+        return self._view().seed_for(digest, now=now, excluding=excluding)
+
+    def successors(self, digest: str, *, now: float) -> list[Member]:
+        return self._view().successors(digest, now=now)
+
+    def ranking(self, digest: str, *, now: float) -> tuple[tuple[Member, ...], dict[str, int]]:
+        return self._view().ranking(digest, now=now)
+
+    def alive(self, node_id: str) -> None:
+        if self._own is not None:
+            self._own.alive(node_id)
+
+    def suspect(self, node_id: str, *, now: float) -> None:
+        if self._own is None:
+            self._own = Membership(self_member=self._me)
+            self._own.update_source("static", self._members, now=now)
+        self._own.suspect(node_id, now=now)
+
+
+def build(args: argparse.Namespace) -> World:
+    rng = random.Random(args.seed)
+    clock = Clock()
+    net = Network(clock=clock, latency=args.latency_ms / 1000)
+    rate = args.rate_gbit * 1e9 / 8
+    racks = math.ceil(args.nodes / args.rack)
+    slow = set(rng.sample(range(args.nodes), round(args.slow * args.nodes)))
+    for index in range(args.nodes):
+        node_rate = rate * (args.slow_factor if index in slow else 1.0)
+        net.hosts.append(Host(Link(node_rate), Link(node_rate), index // args.rack))
+    rack_rate = args.rack * rate / args.oversub if args.oversub > 0 else math.inf
+    net.rack_up = [Link(rack_rate) for _ in range(racks)]
+    net.rack_down = [Link(rack_rate) for _ in range(racks)]
+    net.origin_up = Link(args.origin_rate_gbit * 1e9 / 8)
+    config = SessionConfig(
+        peers_handout=args.peers_handout,
+        max_in_flight=args.max_in_flight,
+        fanout=args.fanout,
+        relay_fanout=args.relay_fanout,
+    )
+    world = World(clock=clock, net=net, session_config=config)
+    members = [address(i) for i in range(args.nodes)]
+    everyone = frozenset(members)
+    base = Membership(self_member=members[0])
+    base.update_source("static", everyone, now=0.0)
+    corrupt = set(rng.sample(range(args.nodes), round(args.corrupt * args.nodes)))
+    for index, member in enumerate(members):
+        membership = SharedMembership(base, member, everyone)
+        node = SimNode(world, index, member, membership, corrupt=index in corrupt)  # type: ignore[arg-type]
+        world.nodes.append(node)
+        world.waiting += 1
+        world.index_of[member.node_id] = index
+    size, layers = args.size, args.layers
+    for layer in range(layers):
+        digest = "sha256:" + hashlib.sha256(f"{args.seed} layer {layer}".encode()).hexdigest()
+        part = size // layers + (size % layers if layer == layers - 1 else 0)
+        world.blobs[digest] = Blob(digest, "sim/image", part, args.chunk_size)
+    world.slow = slow  # type: ignore[attr-defined]
+    world.late = set(rng.sample(sorted(set(range(args.nodes))), round(args.late * args.nodes)))  # type: ignore[attr-defined]
+    return world
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.perf_counter()
+    world = build(args)
+    blobs = list(world.blobs.values())
+    for node in world.nodes:
+        delay = args.late_delay if node.index in world.late else 0.0  # type: ignore[attr-defined]
+        world.clock.at(delay, node.start_client, blobs)
+    for spec in args.kill:
+        at, count = spec.split(":")
+        world.clock.at(float(at), _kill, world, int(count), args.seed)
+    waiting = {node.index for node in world.nodes}
+
+    def everyone_done() -> bool:
+        done = [
+            i for i in waiting if world.nodes[i].finished_at is not None or not world.nodes[i].alive
+        ]
+        waiting.difference_update(done)
+        return not waiting
+
+    world.clock.run(until=args.max_time, stop=everyone_done)
+    return report(args, world, wall=time.perf_counter() - started)
+
+
+def _kill(world: World, count: int, seed: int) -> None:
+    """Kill ``count`` live nodes: the first blob's seed, then others at random."""
+    first = next(iter(world.blobs))
+    seed_id = world.nodes[0].membership.seed_for(first, now=world.clock.now).node_id
+    victims = [world.index_of[seed_id]]
+    rng = random.Random(seed + 1)
+    others = [n.index for n in world.nodes if n.alive and n.index != victims[0]]
+    victims += rng.sample(others, max(0, count - 1))
+    for index in victims:
+        world.kill(index)
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def report(args: argparse.Namespace, world: World, *, wall: float) -> dict[str, Any]:
+    size = args.size
+    origin_rate = world.net.origin_up.rate
+    ratios, seconds, failed = [], [], 0
+    for node in world.nodes:
+        if not node.alive:
+            continue
+        start = args.late_delay if node.index in world.late else 0.0  # type: ignore[attr-defined]
+        if node.finished_at is None or any(b in node.failed for b in world.blobs):
+            failed += 1
+            continue
+        took = node.finished_at - start
+        bound = size / min(world.net.hosts[node.index].down.rate, origin_rate)
+        ratios.append(took / bound)
+        seconds.append(took)
+    live = [node for node in world.nodes if node.alive]
+    links = [node.stats.max_links for node in live]
+    control = [node.stats.control_sent for node in live]
+    control_bytes = [node.stats.control_bytes for node in live]
+    racks = len(world.net.rack_down)
+    return {
+        "nodes": args.nodes,
+        "size": size,
+        "layers": args.layers,
+        "chunk_size": args.chunk_size,
+        "rate_gbit": args.rate_gbit,
+        "origin_rate_gbit": args.origin_rate_gbit,
+        "rack": args.rack,
+        "oversub": args.oversub,
+        "slow": args.slow,
+        "late": args.late,
+        "kill": args.kill,
+        "seed": args.seed,
+        "completed": len(ratios),
+        "attempted": len(live),
+        "failed": failed,
+        "origin_ratio": round(world.origin_bytes / size, 4),
+        "over_lower_bound": {
+            "p50": round(_pct(ratios, 0.5), 3),
+            "p99": round(_pct(ratios, 0.99), 3),
+            "max": round(max(ratios, default=math.nan), 3),
+        },
+        "seconds": {
+            "p50": round(_pct(seconds, 0.5), 3),
+            "p99": round(_pct(seconds, 0.99), 3),
+            "max": round(max(seconds, default=math.nan), 3),
+        },
+        "connections_per_node": {"p50": statistics.median(links), "max": max(links)},
+        "control_messages_per_node": {"p50": statistics.median(control), "max": max(control)},
+        "control_bytes_per_node": {
+            "p50": statistics.median(control_bytes),
+            "max": max(control_bytes),
+        },
+        "cross_rack_ratio": round(world.net.cross_rack_bytes / (racks * size), 3)
+        if racks > 1
+        else 0.0,
+        "sim_seconds": round(world.clock.now, 3),
+        "events": world.clock.events,
+        "wall_seconds": round(wall, 1),
+    }
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p.add_argument("--nodes", type=int, default=100)
+    p.add_argument("--size", type=parse_size, default=parse_size("1GiB"))
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--chunk-size", type=parse_size, default=parse_size("1MiB"))
+    p.add_argument("--rate-gbit", type=float, default=25.0, help="each node's link, both ways")
+    p.add_argument("--origin-rate-gbit", type=float, default=10.0, help="the origin's uplink")
+    p.add_argument("--rack", type=int, default=32, help="nodes per rack")
+    p.add_argument("--oversub", type=float, default=4.0, help="rack uplink oversubscription")
+    p.add_argument("--latency-ms", type=float, default=0.1, help="one way, between any two hosts")
+    p.add_argument("--slow", type=float, default=0.0, help="fraction of slow nodes")
+    p.add_argument("--slow-factor", type=float, default=0.1, help="their rate over the others'")
+    p.add_argument("--late", type=float, default=0.0, help="fraction of nodes that start late")
+    p.add_argument("--late-delay", type=float, default=10.0)
+    p.add_argument("--kill", action="append", default=[], metavar="T:K")
+    p.add_argument("--corrupt", type=float, default=0.0, help="fraction sending bad pieces")
+    p.add_argument("--peers-handout", type=int, default=SessionConfig().peers_handout)
+    p.add_argument("--max-in-flight", type=int, default=SessionConfig().max_in_flight)
+    p.add_argument("--fanout", type=int, default=SessionConfig().fanout)
+    p.add_argument("--relay-fanout", type=int, default=SessionConfig().relay_fanout)
+    p.add_argument("--max-time", type=float, default=3600.0, help="simulated seconds at most")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="one JSON line")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    result = run(args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:28} {value}")
+    return 0 if result["failed"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
