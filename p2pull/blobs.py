@@ -51,6 +51,10 @@ class SwarmStrategy(Protocol):
 
     async def download(self, transfer: Transfer, *, origin: OriginFetcher) -> None: ...
 
+    def rejected(self, digest: Digest) -> None:
+        """The blob it filled failed its digest: whoever vouched for its chunks lied."""
+        ...
+
 
 class BlobService:
     """Owns the running transfers. Start with ``await nursery.start(service.run)``."""
@@ -225,6 +229,8 @@ class BlobService:
         except DigestMismatch as exc:
             self._metrics.digest_mismatches.inc()
             log.error("refusing %s: %s", transfer.digest, exc)
+            if self.swarm is not None:
+                self.swarm.rejected(transfer.digest)
             transfer.fail(exc)
         except NotFound as exc:
             transfer.fail(exc)

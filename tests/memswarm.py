@@ -125,9 +125,11 @@ async def mem_swarm(
     rates: dict[int, tuple[float, float]] | None = None,
     seed: int = 0,
     resume: ResumePolicy = DEFAULT_RESUME,
+    origins: dict[int, MemoryUpstream] | None = None,
 ) -> AsyncIterator[MemSwarm]:
     """``count`` nodes on links of ``up``/``down`` bytes per second (``rates`` overrides some
-    nodes: index -> (up, down)); ``config`` adjusts each node's SwarmConfig."""
+    nodes: index -> (up, down)); ``config`` adjusts each node's SwarmConfig; ``origins`` gives
+    some nodes another origin (one that serves a blob wrong, say)."""
     net = PeerNet(latency=latency)
     members = [member(i) for i in range(count)]
     trace: list[TraceEntry] = []
@@ -144,7 +146,7 @@ async def mem_swarm(
                     me,
                     members,
                     net=net,
-                    origin=origin,
+                    origin=(origins or {}).get(index, origin),
                     chunk_size=chunk_size,
                     up=node_up,
                     down=node_down,

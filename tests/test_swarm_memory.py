@@ -283,3 +283,39 @@ async def test_small_swarms_finish_within_a_hop_of_the_origin(
         took = await pull_all(swarm, digest)
     bound = len(data) / (50 * MBIT)
     assert max(took.values()) < 1.5 * bound
+
+
+async def test_a_seed_whose_chunks_are_not_the_blob_is_passed_over_on_the_next_pull(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The seed hashes and serves bytes that are not the blob's (an authenticated peer that
+    lies, or one whose origin serves it wrong): every leech's copy fails the whole digest and
+    nothing of it is served whole. The next pulls do not ask that seed again: the next HRW
+    member fetches from the origin, and everyone gets the right bytes."""
+    deterministic(10)
+    origin = MemoryUpstream(rate=50 * MBIT)
+    digest, data = blob(origin, 1 << 20)
+    lying = MemoryUpstream(rate=50 * MBIT)
+    lying.blobs[digest] = bytes(b ^ 0x5A for b in data)  # the same size, other bytes
+    async with mem_swarm(4, origin=origin, up=50 * MBIT, down=50 * MBIT) as first:
+        liar = first.seed_of(digest).index
+    async with mem_swarm(
+        4, origin=origin, up=50 * MBIT, down=50 * MBIT, origins={liar: lying}
+    ) as swarm:
+        honest = [node for node in swarm.nodes if node.index != liar]
+        failed: list[str] = []
+
+        async def pull(node: MemNode) -> None:
+            try:
+                await swarm.pull(node, digest)
+            except Exception as exc:  # the reset a client would see
+                failed.append(type(exc).__name__)
+
+        async with trio.open_nursery() as nursery:
+            for node in honest:
+                nursery.start_soon(pull, node)
+        assert len(failed) == len(honest)  # nobody got the wrong bytes whole
+        assert all(node.value("p2pull_blob_digest_mismatches_total") == 1 for node in honest)
+        took = await pull_all(swarm, digest, honest)  # the clients try again
+        assert len(took) == len(honest)
+        assert origin.bytes_sent == len(data)  # the next seed went to the right origin, once

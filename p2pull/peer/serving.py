@@ -21,6 +21,7 @@ from p2pull.peer.superseed import SuperSeeder
 PUSH_BACKLOG = 2  # relayed chunks (or requests) of one peer waiting for an upload slot, at most
 REJECT_SEEDED = "seeded: ask the peers"
 FAILED_FOR = 120.0  # seconds a seed that gave up on a blob says so to those who ask
+DISTRUST_FOR = 3600.0  # seconds a seed whose blob failed its digest is passed over for it
 
 UploadKey = tuple[str, str, int]  # (peer, digest, chunk index)
 
@@ -48,6 +49,7 @@ class Serving:
         self._waiting_by_peer: dict[str, int] = {}
         self.active = 0  # uploads holding a slot
         self._failed: dict[str, tuple[float, str]] = {}  # digest -> (when, why) it failed here
+        self._lied: dict[str, dict[str, float]] = {}  # digest -> seeds whose blob was bad, when
 
     @property
     def backlog(self) -> int:
@@ -169,6 +171,17 @@ class Serving:
         self.swarm_ended(digest, members, now=now)
         if failed_seeding is not None:
             self.seeding_failed(digest, failed_seeding, now=now)
+
+    def distrust(self, digest: str, seed: str, *, now: float) -> None:
+        """The blob ``seed`` described (its chunk hashes) failed its digest here: for
+        ``DISTRUST_FOR`` seconds this node does not take ``digest`` from it again (the next
+        HRW member seeds it for this node, or this node fetches it from the origin)."""
+        self._lied.setdefault(digest, {})[seed] = now
+
+    def distrusted(self, digest: str, *, now: float) -> set[str]:
+        """The seeds this node does not take ``digest`` from now."""
+        seeds = self._lied.get(digest, {})
+        return {seed for seed, at in seeds.items() if now - at < DISTRUST_FOR}
 
     def forget(self, digest: str) -> None:
         self.superseed.forget(digest)

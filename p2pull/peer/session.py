@@ -111,7 +111,10 @@ class BlobSession:
         self._seed_dial: str | None = None
         self._origin_running = False
         self._origin_trouble: str | None = None  # the origin's last failure, while it retries
-        self._gave_up: set[str] = set()  # seeds that answered Unavailable
+        # seeds passed over: those that answered Unavailable, and those whose blob failed its
+        # digest here lately (a seed that lied about its chunk hashes)
+        self._gave_up: set[str] = set()
+        self._distrusted: frozenset[str] = frozenset()
         self._told_at = 0.0  # when the seed last told its members anything
         self._seed_asked_at = 0.0
         self._progress_at = 0.0  # when a chunk last landed (or we last asked the seed)
@@ -135,6 +138,7 @@ class BlobSession:
 
     def start(self, *, now: float) -> list[Action]:
         """Begin: find the seed (dial it, or become it)."""
+        self._distrusted = frozenset(self.node.serving.distrusted(self.digest, now=now))
         self._locate(now)
         return self._flush()
 
@@ -261,11 +265,12 @@ class BlobSession:
 
     def _upstream(self, now: float) -> Member:
         membership, fanout, me = self.node.membership, self.config.fanout, self.node.node_id
+        passed = self._gave_up | self._distrusted
         if fanout <= 0:
-            return membership.seed_for(self.digest, now=now, excluding=self._gave_up)
+            return membership.seed_for(self.digest, now=now, excluding=passed)
         ranked, places = membership.ranking(self.digest, now=now)
-        if self._gave_up:
-            kept = [m for m in ranked if m.node_id == me or m.node_id not in self._gave_up]
+        if passed:
+            kept = [m for m in ranked if m.node_id == me or m.node_id not in passed]
             ranked, places = tuple(kept), {m.node_id: i for i, m in enumerate(kept)}
         place = places[me]
         return ranked[(place - 1) // fanout] if place else ranked[0]

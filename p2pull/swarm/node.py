@@ -48,6 +48,8 @@ from p2pull.transfer import Transfer
 
 log = logging.getLogger(__name__)
 
+LAST_SEEDS_KEPT = 1024  # blobs whose seed is remembered until their digest is checked
+
 
 @dataclass(frozen=True, slots=True)
 class SwarmConfig:
@@ -128,6 +130,7 @@ class SwarmNode:
             linked=self._linked,
         )
         self.drivers: dict[Digest, SessionDriver] = {}
+        self._last_seed: dict[Digest, str] = {}  # whose hashes the last session of a blob used
         self._context = DriverContext(
             node=NodeContext(self.node_id, membership, self.serving, config.session),
             links=self.pool,
@@ -168,6 +171,10 @@ class SwarmNode:
             if self.drivers.get(transfer.digest) is driver:
                 del self.drivers[transfer.digest]
             session = driver.session
+            if session.seed_id is not None and not session.seeding:
+                self._last_seed[transfer.digest] = session.seed_id
+                while len(self._last_seed) > LAST_SEEDS_KEPT:
+                    del self._last_seed[next(iter(self._last_seed))]
             self.serving.session_ended(
                 session.digest,
                 session.members - session.bad,
@@ -175,6 +182,17 @@ class SwarmNode:
                 failed_seeding=session.error if session.seeding else None,
             )
             self._answer_late_interest(driver, transfer.digest)
+
+    def rejected(self, digest: Digest) -> None:
+        """The blob this node's last session filled failed its digest: its seed described
+        chunks that are not the blob's (a lying or broken peer; the bytes were never served
+        whole). The next session for it passes that seed over."""
+        seed = self._last_seed.pop(digest, None)
+        if seed is not None:
+            log.warning(
+                "the chunks %s described for %s were wrong: not asking it again", seed, digest
+            )
+            self.serving.distrust(str(digest), seed, now=self.clock())
 
     def _answer_late_interest(self, driver: SessionDriver, digest: Digest) -> None:
         """Peers whose Interested reached the session's inbox after its last look (a small blob
