@@ -79,7 +79,9 @@ async def swarm(
     chunk_size: int = 1 << 20,
     extra_peers: list[Member] = [],  # noqa: B006 - read only
     upload_rate: int = 0,
+    configure: Callable[[int, AgentConfig], AgentConfig] = lambda index, config: config,
 ) -> AsyncIterator[list[Node]]:
+    """``count`` agents peered with each other (``configure`` may change node i's config)."""
     ports = [free_port() for _ in range(count)]
     peers = tuple(HostPort("127.0.0.1", port) for port in ports) + tuple(
         HostPort(m.host, m.port) for m in extra_peers
@@ -101,7 +103,7 @@ async def swarm(
                 containerd_config="off",
                 log_level="WARNING",
             )
-            nodes.append(await _start(nursery, config))
+            nodes.append(await _start(nursery, configure(index, config)))
         yield nodes
         nursery.cancel_scope.cancel()
 
