@@ -50,10 +50,6 @@ def _partial_with_rot(data: bytes) -> Callable[[Path], Awaitable[None]]:
     return damage
 
 
-# A seed refetching a chunk in the middle stops its origin stream at the next chunk it holds;
-# httpx then leaves its nested body generators unexhausted, and trio warns when the garbage
-# collector finds them (harmless: the response and its connection are closed).
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("restarted_seeds", [False, True], ids=["peer-seeds", "it-seeds"])
 async def test_a_chunk_rotted_in_a_partial_blob_is_fetched_again_and_the_pull_completes(
     tmp_path: Path, restarted_seeds: bool
