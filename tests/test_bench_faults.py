@@ -5,6 +5,7 @@ namespace and mount is gone at teardown, also on failure), and the judging of wh
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -28,6 +29,7 @@ CHUNK = 1 << 20
 DEADLINE = 55.0
 TOY = ["seed_killed_50", "peer_corrupt", "disk_full"]
 LOOSE_ORIGIN = {"seed_killed_50", "disk_full"}
+HURRIED = 3.0  # seconds: a deadline that ends a scenario while its agents start
 
 
 def _skip_unless_root_with_tmpfs() -> None:
@@ -141,3 +143,20 @@ def test_every_scenario_has_a_distinct_name_and_fits_its_deadline_budget() -> No
         "seed_killed_90", "two_killed", "peer_stall", "peer_corrupt", "peer_garbage",
         "peer_disconnect", "agent_restart", "disk_full", "link_drop",
     }  # fmt: skip
+
+
+async def test_a_scenario_past_its_deadline_is_a_failed_row_and_leaves_nothing_behind(
+    tmp_path: Path,
+) -> None:
+    _skip_unless_root_with_tmpfs()
+    args = faults.parse_args(["--nodes", str(NODES), "--size", str(SIZE), "--rate-mbit", "200"])
+    disk_full = next(s for s in SCENARIOS if s.name == "disk_full")
+    hurried = dataclasses.replace(disk_full, deadline=HURRIED)  # the agents are still starting
+    with trio.fail_after(DEADLINE):
+        row = await faults.run_scenario(hurried, args, tmp_path / "hurried")
+    assert not row["ok"] and "TooSlowError" in row["error"], row
+    assert row["notes"]["small_disk_node"] in range(1, NODES + 1)  # its tmpfs was mounted
+    assert row["elapsed_s"] < HURRIED + 15  # teardown is bounded too
+    listing = await trio.run_process(["ip", "netns", "list"], capture_stdout=True)
+    assert f"p2pt{os.getpid()}-" not in listing.stdout.decode()
+    assert str(tmp_path) not in await trio.Path("/proc/self/mounts").read_text()
