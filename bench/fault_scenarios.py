@@ -403,6 +403,11 @@ def node_scenarios() -> list[Scenario]:
             "at 30 % one node's link goes down (ip link) for 10 s, then up",
             act=functools.partial(drop_link, share=0.3, seconds=10, rank_index=2),
         ),
+        Scenario(
+            "seed_link_drop",
+            "at 30 % the seed's link goes down (ip link) for 10 s, then up",
+            act=functools.partial(drop_link, share=0.3, seconds=10, rank_index=0),
+        ),
     ]
 
 
