@@ -64,7 +64,10 @@ async def test_fault_suite_toy_size(tmp_path: Path) -> None:
     killed = by_name["seed_killed_50"]
     assert killed["expected_failures"] == [killed["notes"]["seed"]]
     assert (killed["completed"], killed["attempted"]) == (NODES - 1, NODES)
-    assert killed["origin_x"] <= 1.5  # what the seed held alone: a few of the 8 chunks
+    # One successor fetched the rest from the origin, again what the seed held alone (a few of
+    # the 8 chunks, more on a busy machine), not the blob once per survivor.
+    assert len(killed["notes"]["origin_share_by_node"]) == 1, killed["notes"]
+    assert killed["origin_x"] <= 1.9
     full = by_name["disk_full"]
     assert full["completed"] == NODES and full["checks"]["log_line"], full["notes"]
     assert full["origin_x"] <= 2.05  # the seed's copy and the pass-through, nothing more
