@@ -33,6 +33,7 @@ class AgentLog:
         with self.path.open("wb") as log:
             async for data in process.stderr:
                 log.write(data)
+                log.flush()  # readable while the agent runs
                 *lines, buffer = (buffer + data).split(b"\n")
                 for line in lines:
                     text = line.decode(errors="replace")
@@ -41,6 +42,30 @@ class AgentLog:
                         self.joined.add(text.split("mDNS: ", 1)[1].split(" ", 1)[0])
                 self.changed.set()
                 self.changed = trio.Event()
+
+
+def agent_argv(
+    host: Host,
+    *,
+    served: dict[str, Any],
+    data_dir: Path,
+    secret: Path,
+    discovery: list[str],
+    chunk_size: str,
+    log_level: str = "INFO",
+    launcher: str | None = None,
+) -> list[str]:
+    """The command line of ``host``'s agent (``python -m agent agent``, this checkout's code
+    when run with ``cwd=ROOT``), its addresses on ``host``, the origin as its one upstream."""
+    return [
+        sys.executable, *([launcher] if launcher else ["-m", "agent"]), "agent",
+        "--mirror-addr", f"{host.ip}:{MIRROR_PORT}",
+        "--metrics-addr", f"{host.ip}:{METRICS_PORT}",
+        "--peer-addr", f"{host.ip}:{PEER_PORT}", "--advertise-addr", host.ip,
+        "--data-dir", str(data_dir), "--upstream", f"{served['netloc']}={served['url']}",
+        *discovery, "--cluster-secret-file", str(secret), "--chunk-size", chunk_size,
+        "--log-level", log_level, "--log-format", "text",
+    ]  # fmt: skip
 
 
 async def start_agents(
@@ -65,18 +90,14 @@ async def start_agents(
     agents, logs = [], []
     for host in nodes:
         log = AgentLog(logdir / f"agent{host.index}.log")
-        launcher = [args.launcher] if args.launcher else ["-m", "agent"]
-        agent = await net.start(
-            host, sys.executable, *launcher, "agent",
-            "--mirror-addr", f"{host.ip}:{MIRROR_PORT}",
-            "--metrics-addr", f"{host.ip}:{METRICS_PORT}",
-            "--peer-addr", f"{host.ip}:{PEER_PORT}", "--advertise-addr", host.ip,
-            "--data-dir", str(workdir / f"node{host.index}"),
-            "--upstream", f"{served['netloc']}={served['url']}", *discovery,
-            "--cluster-secret-file", str(secret), "--chunk-size", args.chunk_size,
-            "--log-level", args.log_level, "--log-format", "text",
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(ROOT),
+        argv = agent_argv(
+            host, served=served, data_dir=workdir / f"node{host.index}", secret=secret,
+            discovery=discovery, chunk_size=args.chunk_size, log_level=args.log_level,
+            launcher=args.launcher,
         )  # fmt: skip
+        agent = await net.start(
+            host, *argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(ROOT)
+        )
         nursery.start_soon(log.drain, agent)
         agents.append(agent)
         logs.append(log)

@@ -203,7 +203,9 @@ class BlobService:
 
     async def _fill_and_seal(self, transfer: Transfer) -> StoredBlob:
         """Fetch every missing chunk, then seal; a chunk that fails its re-check at the seal
-        (rot on disk since an earlier run) is dropped by the store and fetched again."""
+        (rot on disk since an earlier run) is dropped by the store and fetched again, and so is
+        one a reader or an upload found rotted while the download ran (the swarm session
+        counted it as held from the start, and ended without it)."""
         for round_ in range(SEAL_ROUNDS):
             if self.swarm is not None:
                 await self.swarm.download(transfer, origin=self.origin)
@@ -212,6 +214,12 @@ class BlobService:
                     await self.origin.fetch(transfer)
             blob = transfer.blob
             assert blob is not None
+            if not blob.bitfield.complete and round_ + 1 < SEAL_ROUNDS:
+                missing = blob.bitfield.length - blob.bitfield.count
+                log.warning(
+                    "%s lost %d chunks meanwhile: fetching them again", blob.digest, missing
+                )
+                continue
             try:
                 await blob.seal()
                 return blob

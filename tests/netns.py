@@ -77,11 +77,13 @@ class Network:
         stdout: int | IO[Any] | None = subprocess.PIPE,
         stderr: int | IO[Any] | None = None,
         cwd: str | None = None,
+        stdin: int | IO[Any] | None = None,
     ) -> trio.Process:
         """Start ``argv`` inside ``host``'s namespace; it is killed at teardown if still running."""
         process = await trio.lowlevel.open_process(
             ["ip", "netns", "exec", host.netns, *argv],
             env=env,
+            stdin=stdin,
             stdout=stdout,
             stderr=stderr,
             cwd=cwd,

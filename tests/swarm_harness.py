@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,8 @@ class Node:
     agent: Agent
     ports: AgentPorts
     scope: trio.CancelScope
+    stopped: trio.Event
+    nursery: trio.Nursery
 
     @property
     def mirror_url(self) -> str:
@@ -37,6 +39,36 @@ class Node:
     def stop(self) -> None:
         self.scope.cancel()
 
+    async def restart(self, while_down: Callable[[Path], Awaitable[None]] | None = None) -> None:
+        """Stop the agent, call ``while_down(data_dir)`` (damage its store, say), and start a
+        new agent with the same configuration (same peer port; new mirror and metrics ports)."""
+        self.stop()
+        await self.stopped.wait()
+        if while_down is not None:
+            await while_down(self.agent.config.data_dir)
+        fresh = await _start(self.nursery, self.agent.config)
+        self.agent, self.ports, self.scope, self.stopped = (
+            fresh.agent,
+            fresh.ports,
+            fresh.scope,
+            fresh.stopped,
+        )
+
+
+async def _start(nursery: trio.Nursery, config: AgentConfig) -> Node:
+    agent = Agent(config)
+    scope, stopped = trio.CancelScope(), trio.Event()
+
+    async def run(*, task_status: trio.TaskStatus[AgentPorts] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with scope:
+                await agent.run(task_status=task_status)
+        finally:
+            stopped.set()
+
+    ports = await nursery.start(run)
+    return Node(agent, ports, scope, stopped, nursery)
+
 
 @asynccontextmanager
 async def swarm(
@@ -46,7 +78,10 @@ async def swarm(
     *,
     chunk_size: int = 1 << 20,
     extra_peers: list[Member] = [],  # noqa: B006 - read only
+    upload_rate: int = 0,
+    configure: Callable[[int, AgentConfig], AgentConfig] = lambda index, config: config,
 ) -> AsyncIterator[list[Node]]:
+    """``count`` agents peered with each other (``configure`` may change node i's config)."""
     ports = [free_port() for _ in range(count)]
     peers = tuple(HostPort("127.0.0.1", port) for port in ports) + tuple(
         HostPort(m.host, m.port) for m in extra_peers
@@ -64,23 +99,11 @@ async def swarm(
                 discovery="static",
                 cluster_secret=SECRET,
                 chunk_size=chunk_size,
+                upload_rate=upload_rate,
                 containerd_config="off",
                 log_level="WARNING",
             )
-            agent = Agent(config)
-            scope = trio.CancelScope()
-
-            async def run(
-                agent: Agent = agent,
-                scope: trio.CancelScope = scope,
-                *,
-                task_status: trio.TaskStatus[AgentPorts] = trio.TASK_STATUS_IGNORED,
-            ) -> None:
-                with scope:
-                    await agent.run(task_status=task_status)
-
-            agent_ports = await nursery.start(run)
-            nodes.append(Node(agent, agent_ports, scope))
+            nodes.append(await _start(nursery, configure(index, config)))
         yield nodes
         nursery.cancel_scope.cancel()
 

@@ -83,3 +83,16 @@ def test_zero_copies_means_no_cap_and_bad_window_is_refused() -> None:
     assert all(seeder.grant(D, 0, p, now=0.0, alive=everyone) for p in "abc")
     with pytest.raises(ValueError):
         SuperSeeder(copies=1, window=0.0)
+
+
+def test_a_recipient_that_cancels_frees_its_copy_and_no_other() -> None:
+    seeder = SuperSeeder(copies=1, window=15.0)
+    seeder.start(D)
+    assert seeder.grant(D, 0, "a", now=0.0, alive=everyone)
+    assert seeder.grant(D, 1, "a", now=0.0, alive=everyone)
+    seeder.revoke(D, 0, "a")  # "a" sent Cancel for chunk 0 (a push it did not take)
+    seeder.revoke(D, 0, "nobody")  # a Cancel from a peer without a grant changes nothing
+    seeder.revoke("sha256:" + "cd" * 32, 0, "a")
+    assert seeder.grant(D, 0, "b", now=0.1, alive=everyone)
+    assert not seeder.grant(D, 1, "b", now=0.1, alive=everyone)  # chunk 1 is still a's
+    assert seeder.recipients(D, now=0.2, alive=everyone) == ["a", "b"]

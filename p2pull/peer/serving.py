@@ -89,6 +89,12 @@ class Serving:
             else:
                 del self._waiting_by_peer[peer]
 
+    def cancelled(self, peer: str, digest: str, index: int) -> None:
+        """The peer sent Cancel for a chunk (a push it does not take, a request it no longer
+        needs): drop the upload if it has not begun, and the super-seeding grant with it."""
+        self.cancel(peer, digest, index)
+        self.superseed.revoke(digest, index, peer)
+
     def begin(self, peer: str, digest: str, index: int) -> bool:
         """The upload took its slot; False if it was cancelled while it waited (then it must
         not run, and ``end`` is not called)."""

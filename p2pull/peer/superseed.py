@@ -68,6 +68,14 @@ class SuperSeeder:
         chunks[index] = recent
         return True
 
+    def revoke(self, digest: str, index: int, peer: str) -> None:
+        """``peer`` cancelled chunk ``index`` (a push it did not take, a request it no longer
+        needs): it will not hold the chunk by this grant, so the grant no longer counts (kept,
+        it would refuse every other requester that chunk for the rest of the window)."""
+        grants = self._granted.get(digest, {}).get(index)
+        if grants:
+            grants[:] = [(at, holder) for at, holder in grants if holder != peer]
+
     def recipients(self, digest: str, *, now: float, alive: Callable[[str], bool]) -> list[str]:
         """The live peers granted a chunk of ``digest`` within the window, sorted: where a
         requester this node refuses can get those chunks instead. Empty once capping is over

@@ -248,7 +248,7 @@ class SwarmNode:
             self._on_request(link, message)
             return
         if isinstance(message, Cancel):
-            self.serving.cancel(link.peer_id, message.digest, message.index)
+            self.serving.cancelled(link.peer_id, message.digest, message.index)
             return  # an upload already under way finishes; the peer ignores the late copy
         if isinstance(message, Hello | Auth):
             return

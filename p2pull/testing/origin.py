@@ -15,7 +15,10 @@ Serves ``GET``/``HEAD`` of ``/v2/``, manifests (by tag and digest) and blobs, si
 any time: ``require_bearer`` (token flow with ``/token``), ``require_basic``, ``credentials``,
 ``redirect_blobs`` (307 to a second listener that refuses any Authorization), ``head_digest``
 (False: HEAD omits Docker-Content-Digest), and :class:`Faults` globally (``origin.faults``) or
-per digest (``origin.fault(digest)``). Everything it sent and received is counted.
+per digest (``origin.fault(digest)``). ``interrupt("reset" | "stall")`` acts on the bodies being
+sent right now (mid-body faults at a moment of the caller's choosing). ``port`` fixes the
+origin's port (a restarted origin comes back where its clients knew it). Everything it sent and
+received is counted.
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ import hmac
 import io
 import json
 import logging
+import math
 import secrets
 import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 import trio
 
@@ -54,10 +59,18 @@ class Faults:
 
     fail_times: int = 0  # answer this many requests with ``fail_status``, then succeed
     fail_status: int = 503
+    retry_after: int | None = None  # the Retry-After (seconds) of those answers (429, 503)
     truncate_at: int | None = None  # send this many body bytes of a response, then reset
     truncate_times: int | None = None  # how many responses to truncate (None: all of them)
+    stall_at: int | None = None  # send this many body bytes of a response, then nothing ...
+    stall_times: int | None = None  # ... in how many responses (None: all of them) ...
+    stall_for: float = math.inf  # ... for this long, then reset (the connection stays open)
     corrupt: bool = False  # serve wrong bytes of the right length (headers stay truthful)
+    corrupt_times: int | None = None  # how many responses to corrupt (None: all of them)
     rate: float | None = None  # throttle bodies to this many bytes per second
+
+
+Interrupt = Literal["reset", "stall"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,13 +121,28 @@ class _Body:
         *,
         faults: Faults,
         limit: int | None,
+        stall_at: int | None,
+        corrupt: bool,
     ) -> None:
         self.length = end - start
         self._origin, self._digest, self._data = origin, digest, data
         self._start, self._end = start, end
-        self._corrupt, self._rate, self._limit = faults.corrupt, faults.rate, limit
+        self._corrupt, self._rate, self._limit = corrupt, faults.rate, limit
+        self._stall_at, self._stall_for = stall_at, faults.stall_for
+        self.interrupted: Interrupt | None = None  # set by TestOrigin.interrupt
 
     async def send(self, sink: BodySink) -> None:
+        self._origin._sending.add(self)
+        try:
+            await self._send(sink)
+        finally:
+            self._origin._sending.discard(self)
+
+    async def _stall(self, sent: int) -> None:
+        await trio.sleep(self._stall_for)
+        raise BodyAborted(f"fault: stalled {self._digest} after {sent} bytes, then reset")
+
+    async def _send(self, sink: BodySink) -> None:
         piece_size = self._origin.piece_size
         if self._rate:
             piece_size = max(4096, min(piece_size, int(self._rate / 20)))
@@ -123,10 +151,15 @@ class _Body:
             piece = self._data[offset : min(offset + piece_size, self._end)]
             if self._corrupt:
                 piece = piece.translate(_INVERT)
-            if self._limit is not None and sent + len(piece) > self._limit:
-                piece = piece[: self._limit - sent]
+            for cut in (self._limit, self._stall_at):
+                if cut is not None and sent + len(piece) > cut:
+                    piece = piece[: max(0, cut - sent)]
             if self._rate:
                 await trio.sleep(len(piece) / self._rate)
+            if self.interrupted == "reset":
+                raise BodyAborted(f"fault: reset {self._digest} after {sent} bytes")
+            if self.interrupted == "stall":
+                await self._stall(sent)
             if piece:
                 await sink.write(piece)
                 sent += len(piece)
@@ -134,6 +167,8 @@ class _Body:
                 self._origin.bytes_sent_by_digest[self._digest] += len(piece)
             if self._limit is not None and sent >= self._limit:
                 raise BodyAborted(f"fault: truncated {self._digest} after {sent} bytes")
+            if self._stall_at is not None and sent >= self._stall_at:
+                await self._stall(sent)
 
 
 class TestOrigin:
@@ -142,9 +177,15 @@ class TestOrigin:
     __test__ = False  # not a pytest test class, despite the name
 
     def __init__(
-        self, *, host: str = "127.0.0.1", piece_size: int = 256 * 1024, token_expires_in: int = 300
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        piece_size: int = 256 * 1024,
+        token_expires_in: int = 300,
     ) -> None:
         self.host = host
+        self._listen_port = port
         self.piece_size = piece_size
         self.token_expires_in = token_expires_in
         self.require_bearer = False
@@ -164,6 +205,7 @@ class TestOrigin:
         self._tokens: dict[str, tuple[str, float]] = {}  # token -> (scope, expiry)
         self._port: int | None = None
         self._cdn_port: int | None = None
+        self._sending: set[_Body] = set()
 
     # -- serving ------------------------------------------------------------------------------
 
@@ -172,7 +214,9 @@ class TestOrigin:
         async with trio.open_nursery() as nursery:
             cdn = HttpServer(self._handle_cdn, host=self.host, port=0, server_header="test-cdn")
             self._cdn_port = await nursery.start(cdn.run)
-            main = HttpServer(self._handle, host=self.host, port=0, server_header=SERVICE)
+            main = HttpServer(
+                self._handle, host=self.host, port=self._listen_port, server_header=SERVICE
+            )
             self._port = await nursery.start(main.run)
             task_status.started(self._port)
 
@@ -247,6 +291,18 @@ class TestOrigin:
         }
         body = json.dumps(manifest, indent=2).encode()
         return self.add_manifest(name, tag, body, OCI_MANIFEST), digests
+
+    @property
+    def sending(self) -> int:
+        """Bodies being sent right now."""
+        return len(self._sending)
+
+    def interrupt(self, kind: Interrupt) -> int:
+        """Every body being sent now resets (``"reset"``) or stalls (``"stall"``: nothing more
+        for ``stall_for`` of its faults, then a reset) before its next piece; how many."""
+        for body in self._sending:
+            body.interrupted = kind
+        return len(self._sending)
 
     def fault(self, digest: Digest) -> Faults:
         """The faults of one digest (created on first use; they replace the global ones)."""
@@ -354,7 +410,8 @@ class TestOrigin:
         faults = self._faults.get(digest, self.faults)
         if faults.fail_times > 0:
             faults.fail_times -= 1
-            return _error(faults.fail_status, "UNAVAILABLE", "fault: injected failure")
+            retry = [] if faults.retry_after is None else [("retry-after", str(faults.retry_after))]
+            return _error(faults.fail_status, "UNAVAILABLE", "fault: injected failure", retry)
         headers = [("content-type", media_type), ("docker-content-digest", str(digest))]
         if not self.head_digest and request.method == "HEAD":
             headers = headers[:1]
@@ -373,12 +430,29 @@ class TestOrigin:
         headers.append(("content-length", str(end - start)))
         if request.method == "HEAD":
             return Response(status, headers, b"")
-        limit = None
+        limit = stall_at = None
         if faults.truncate_at is not None and faults.truncate_times != 0:
             limit = faults.truncate_at
             if faults.truncate_times is not None:
                 faults.truncate_times -= 1
-        body = _Body(self, digest, data, start, end, faults=faults, limit=limit)
+        if faults.stall_at is not None and faults.stall_times != 0:
+            stall_at = faults.stall_at
+            if faults.stall_times is not None:
+                faults.stall_times -= 1
+        corrupt = faults.corrupt and faults.corrupt_times != 0
+        if corrupt and faults.corrupt_times is not None:
+            faults.corrupt_times -= 1
+        body = _Body(
+            self,
+            digest,
+            data,
+            start,
+            end,
+            faults=faults,
+            limit=limit,
+            stall_at=stall_at,
+            corrupt=corrupt,
+        )
         return Response(status, headers, body)
 
     # -- auth -----------------------------------------------------------------------------------

@@ -1,10 +1,10 @@
 """Run a :class:`TestOrigin` as its own process, for tests and benchmarks across namespaces.
 
     python -m p2pull.testing.serve --host 198.18.7.10 --port 0 --name bench/blob \
-        --size 64MiB --seed 1 [--layers K] [--rate BYTES_PER_S]
+        --size 64MiB --seed 1 [--layers K] [--rate BYTES_PER_S] [--control]
 
-Binds ``--host`` (the origin and its CDN listener), fills it with deterministic content, then
-prints one JSON line on stdout once listening::
+Binds ``--host`` (the origin on ``--port``, 0 for any free one, and its CDN listener on a free
+port), fills it with deterministic content, then prints one JSON line on stdout once listening::
 
     {"url": "http://H:P", "netloc": "H:P", "name": ..., "digests": [...], "sizes": [...],
      "size": <sum of sizes>, "manifest": <digest or null>, "tag": <tag or null>}
@@ -13,12 +13,25 @@ Without ``--layers`` the content is one random blob of ``--size`` bytes (``manif
 With ``--layers K`` it is an OCI image tagged ``latest`` whose K layers split ``--size``;
 ``digests`` are the layer digests. On SIGTERM or SIGINT it prints ``{"bytes_sent": N}`` (body
 bytes the origin sent, all digests together) and exits 0.
+
+With ``--control`` it reads commands on stdin, one JSON object a line, and answers each with one
+JSON line on stdout, ``{"bytes_sent": N, "requests": N, "sending": N}`` (``sending``: bodies
+being sent right now):
+
+- ``{"faults": {"fail_times": 5, "fail_status": 429, "retry_after": 2, ...}}`` sets fields of
+  the global :class:`~p2pull.testing.origin.Faults` (an unknown field answers ``{"error": ...}``);
+- ``{"interrupt": "reset"}`` or ``{"interrupt": "stall"}``: every body being sent resets, or
+  stops sending (for the faults' ``stall_for``, then resets);
+- ``{"ranges": true}``: with the counters, the Range header of every GET so far (null: none);
+- ``{}``: just the counters.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import random
 import signal
 import sys
@@ -26,7 +39,7 @@ from typing import Any
 
 import trio
 
-from p2pull.testing.origin import TestOrigin
+from p2pull.testing.origin import Faults, TestOrigin
 
 TAG = "latest"
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -82,8 +95,50 @@ def emit(fields: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+FAULT_FIELDS = frozenset(f.name for f in dataclasses.fields(Faults))
+
+
+def control(origin: TestOrigin, command: object) -> dict[str, Any]:
+    """Carry out one ``--control`` command; the answer line."""
+    if not isinstance(command, dict):
+        return {"error": "a command is a JSON object"}
+    faults = command.get("faults", {})
+    if not isinstance(faults, dict) or not set(faults) <= FAULT_FIELDS:
+        return {"error": f"faults: a JSON object of {sorted(FAULT_FIELDS)}"}
+    for key, value in faults.items():
+        setattr(origin.faults, key, value)
+    kind = command.get("interrupt")
+    if kind is not None:
+        if kind not in ("reset", "stall"):
+            return {"error": 'interrupt: "reset" or "stall"'}
+        origin.interrupt(kind)
+    answer: dict[str, Any] = {
+        "bytes_sent": origin.bytes_sent,
+        "requests": len(origin.requests),
+        "sending": origin.sending,
+    }
+    if command.get("ranges"):
+        answer["ranges"] = [r.range for r in origin.requests if r.method == "GET"]
+    return answer
+
+
+async def read_commands(origin: TestOrigin) -> None:
+    """Serve ``--control`` commands from stdin until it closes."""
+    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    buffer = b""
+    async with stdin:
+        while data := await stdin.receive_some():
+            *lines, buffer = (buffer + data).split(b"\n")
+            for line in lines:
+                if line.strip():
+                    try:
+                        emit(control(origin, json.loads(line)))
+                    except ValueError as exc:
+                        emit({"error": f"not JSON: {exc}"})
+
+
 async def serve(args: argparse.Namespace) -> None:
-    origin = TestOrigin(host=args.host)
+    origin = TestOrigin(host=args.host, port=args.port)
     if args.rate:
         origin.faults.rate = float(args.rate)
     content = fill(origin, args)
@@ -91,6 +146,8 @@ async def serve(args: argparse.Namespace) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(origin.run)
             emit({"url": origin.url, "netloc": origin.netloc, **content})
+            if args.control:
+                nursery.start_soon(read_commands, origin)
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 break
@@ -100,7 +157,7 @@ async def serve(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m p2pull.testing.serve", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="IP address to listen on")
-    parser.add_argument("--port", type=int, default=0, help="only 0 (any free port) for now")
+    parser.add_argument("--port", type=int, default=0, help="0: any free port")
     parser.add_argument("--name", default="test/blob", help="repository name")
     parser.add_argument("--size", type=parse_bytes, required=True, help="total bytes, e.g. 64MiB")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random content")
@@ -108,14 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rate", type=parse_bytes, default=0, help="throttle each body to BYTES/s (0: no limit)"
     )
+    parser.add_argument(
+        "--control", action="store_true", help="read fault commands on stdin (JSON lines)"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.port != 0:
-        parser.error("--port: TestOrigin listens on a free port; pass 0 and read the JSON line")
+    if not 0 <= args.port <= 65535:
+        parser.error("--port: 0 (any free port) to 65535")
     if args.layers < 0 or (not args.layers and args.size < 1) or args.size < args.layers:
         parser.error("--size must be at least 1 byte per blob and --layers must not be negative")
     trio.run(serve, args)
