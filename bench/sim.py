@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
 
 from bench.simnet import Clock, Host, Link, Network  # noqa: E402
 from bench.simnode import Blob, SimNode, World  # noqa: E402
-from p2pull.membership import Member, Membership  # noqa: E402
+from p2pull.membership import Member, Membership, rack_of  # noqa: E402
 from p2pull.peer.events import SessionConfig  # noqa: E402
 
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -48,9 +48,11 @@ def parse_size(text: str) -> int:
     return int(float(cleaned.removesuffix(unit)) * UNITS[unit])
 
 
-def address(index: int) -> Member:
-    """Node ``index``'s peer address, in 198.18.0.0/15 (131,072 of them)."""
-    return Member.of(f"198.{18 + (index >> 16)}.{(index >> 8) & 255}.{index & 255}", 5051)
+def address(index: int, rack_size: int) -> Member:
+    """Node ``index``'s peer address, in 198.18.0.0/15: one /24 per rack (the agents take a
+    member's rack from its address: ``--rack-prefix 24``)."""
+    rack, slot = divmod(index, rack_size)
+    return Member.of(f"198.{18 + (rack >> 8)}.{rack & 255}.{slot + 1}", 5051)
 
 
 class SharedMembership:
@@ -103,10 +105,12 @@ def build(args: argparse.Namespace) -> World:
         peers_handout=args.peers_handout,
         max_in_flight=args.max_in_flight,
         fanout=args.fanout,
-        relay_fanout=args.relay_fanout,
+        relay_up_to=args.relay_up_to,
     )
     world = World(clock=clock, net=net, session_config=config)
-    members = [address(i) for i in range(args.nodes)]
+    members = [address(i, args.rack) for i in range(args.nodes)]
+    racks_of = {m.node_id: ("" if args.no_racks else rack_of(m.node_id, 24)) for m in members}
+    world.rack = racks_of.__getitem__
     everyone = frozenset(members)
     base = Membership(self_member=members[0])
     base.update_source("static", everyone, now=0.0)
@@ -251,7 +255,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--peers-handout", type=int, default=SessionConfig().peers_handout)
     p.add_argument("--max-in-flight", type=int, default=SessionConfig().max_in_flight)
     p.add_argument("--fanout", type=int, default=SessionConfig().fanout)
-    p.add_argument("--relay-fanout", type=int, default=SessionConfig().relay_fanout)
+    p.add_argument("--relay-up-to", type=int, default=SessionConfig().relay_up_to)
+    p.add_argument(
+        "--no-racks", action="store_true", help="the agents do not know racks (no preference)"
+    )
     p.add_argument("--max-time", type=float, default=3600.0, help="simulated seconds at most")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true", help="one JSON line")

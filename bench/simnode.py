@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.simnet import Clock, Network
@@ -144,7 +145,9 @@ class SimNode:
             latecomers=Latecomers(window=60.0),
             linked=self._linked,
         )
-        self.context = ev.NodeContext(self.node_id, membership, self.serving, world.session_config)
+        self.context = ev.NodeContext(
+            self.node_id, membership, self.serving, world.session_config, rack=world.rack
+        )
         self.sessions: dict[str, SimSession] = {}
         self.complete: set[str] = set()
         self.failed: dict[str, str] = {}
@@ -460,6 +463,7 @@ class World:
         self.blobs: dict[str, Blob] = {}
         self.origin_bytes = 0
         self.waiting = 0  # nodes whose client has not finished (nor died)
+        self.rack: Callable[[str], str] = lambda node_id: ""
         self._described: dict[str, BlobInfo] = {}
 
     def everyone_done(self) -> bool:

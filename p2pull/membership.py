@@ -83,6 +83,18 @@ class Member:
         return cls.of(host, int(port_text))
 
 
+def rack_of(node_id: str, prefix_bits: int) -> str:
+    """The rack (or zone) of a member, from its address: the network of its first
+    ``prefix_bits`` bits (an IPv6 address: of its first ``prefix_bits + 32``, at most 128);
+    "" when racks are not known (``prefix_bits`` 0)."""
+    if prefix_bits <= 0:
+        return ""
+    host = node_id.rpartition(":")[0].strip("[]")
+    address = ipaddress.ip_address(host)
+    bits = prefix_bits if address.version == 4 else min(128, prefix_bits + 32)
+    return str(ipaddress.ip_network(f"{address}/{bits}", strict=False))
+
+
 def hrw_score(node_id: str, digest: str) -> int:
     """Rendezvous score of ``node_id`` for ``digest``: the first 8 bytes of a sha256, big-endian."""
     hashed = hashlib.sha256(node_id.encode() + b"\0" + digest.encode()).digest()

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from p2pull.bitfield import Bitfield
 from p2pull.membership import Member, Membership
@@ -235,7 +236,10 @@ class SessionConfig:
     # 0: every member asks the seed. n: members form a tree in HRW order (the seed, then n
     # children, n each of theirs, ...) and each asks its parent: nobody has more than n askers.
     fanout: int = 0
-    relay_fanout: int = 0  # see p2pull.peer.relay.Relay
+    # A leech relays what the seed gave it to its members while it has at most this many; a
+    # larger swarm spreads chunks by requests (a relay pushing to dozens is a star: the last
+    # of them waits for all the others).
+    relay_up_to: int = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +250,7 @@ class NodeContext:
     membership: Membership
     serving: Serving
     config: SessionConfig = SessionConfig()
+    rack: Callable[[str], str] = field(default=lambda node_id: "")  # "": racks not known
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ class ChunkExchange:
         salt: bytes,
         config: SessionConfig,
         out: list[Action],
+        near: Callable[[str], bool] | None = None,
     ) -> None:
         self.digest = digest
         self.size = size
@@ -61,11 +62,11 @@ class ChunkExchange:
             max_in_flight=config.max_in_flight,
             request_timeout=config.request_timeout,
             salt=salt,
+            near=near,
         )
         for index in self.have.present():
             self.scheduler.have(index)  # held before this swarm began: BlobInfo tells them
         self._writing: set[tuple[str, int]] = set()
-        self._pushes: set[tuple[str, int]] = set()  # pushes accepted, until their piece
         self._out = out
 
     def _send(self, peer: str, message: Request | Cancel) -> None:
@@ -133,7 +134,6 @@ class ChunkExchange:
         if crossed is None:
             self._send(peer, Cancel(self.digest, push.index))
             return
-        self._pushes.add((peer, push.index))
         for request in crossed:
             self._send(request.peer, Cancel(self.digest, request.index))
 
@@ -154,14 +154,9 @@ class ChunkExchange:
         self._writing.add((peer, piece.index))
         self._out.append(WritePiece(peer, piece.index, piece.data, expected))
 
-    def was_pushed(self, peer: str, index: int) -> bool:
-        """Did ``peer`` push chunk ``index`` (unasked), rather than answer a request?"""
-        return (peer, index) in self._pushes
-
     def on_stored(self, peer: str, index: int, *, now: float) -> bytes | None:
         """The piece matched and is stored; its sha256 if it is new here (to announce)."""
         self._write_ended(peer, index)
-        self._pushes.discard((peer, index))
         if self.have.has(index):
             return None  # landed meanwhile (the origin, another peer)
         for duplicate in self.scheduler.on_piece(peer, index, now=now):

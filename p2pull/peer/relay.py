@@ -15,7 +15,6 @@ comes; it is never stored or served before. Pure bookkeeping: the blob session
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Iterator
 
 from p2pull.peer.messages import Piece
@@ -26,13 +25,9 @@ HELD_BYTES = 16 << 20  # pieces kept until the seed's hash for them comes (one a
 class Relay:
     """Which members a fresh chunk is pushed to."""
 
-    def __init__(self, *, fanout: int = 0, rng: random.Random | None = None) -> None:
+    def __init__(self) -> None:
         self._from_seed: set[int] = set()  # chunks the seed gave us: pushed on to everyone
         self._turn = 0  # the seed hands each origin chunk to the next member in turn
-        # 0: what the seed gave us goes to every member lacking it. n: every chunk that came
-        # pushed goes on to n members lacking it, at random (a tree grown hop by hop).
-        self.fanout = fanout
-        self._rng = rng or random.Random(0)
 
     def from_seed(self, index: int) -> None:
         """We got chunk ``index`` from the seed: we relay it once it lands."""
@@ -55,17 +50,7 @@ class Relay:
             if index not in self._from_seed:
                 return set()
             self._from_seed.discard(index)
-            if self.fanout < 0:
-                return set()
-            if self.fanout == 0:
-                return {peer for peer in lacking if push(peer)}
-            pushed: set[str] = set()
-            for peer in self._rng.sample(lacking, len(lacking)):
-                if len(pushed) >= self.fanout:
-                    break
-                if push(peer):
-                    pushed.add(peer)
-            return pushed
+            return {peer for peer in lacking if push(peer)}
         if not from_origin or not lacking:
             return set()
         ordered = sorted(lacking)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from p2pull.bitfield import Bitfield
@@ -53,6 +53,7 @@ class Scheduler:
         endgame_duplicates: int = 2,
         stall_penalty: float = 5.0,
         salt: bytes = b"",
+        near: Callable[[str], bool] | None = None,
     ) -> None:
         if max_in_flight_per_peer < 1 or endgame_duplicates < 1 or max_in_flight < 0:
             raise ValueError(
@@ -75,6 +76,10 @@ class Scheduler:
         # Ties between equally loaded peers are broken the same way: otherwise every node asks
         # the lowest-id holder first and that one uplink carries the chunk to everyone.
         self._salt = salt
+        # Holders in this node's rack are asked before the others (each rack's uplink then
+        # carries a chunk about once); None: racks are not known.
+        self._near = near
+        self._far: dict[str, int] = {}  # peer -> 0 near, 1 far (computed once per peer)
         self._tie_rank = list(range(chunk_count))  # chunk index -> its place among equals
         if salt:
             tie = [
@@ -124,6 +129,8 @@ class Scheduler:
         self._peers[peer] = bitfield.copy()
         self._useful[peer] = {index for index in bitfield.present() if index in self._missing}
         self._by_peer.setdefault(peer, {})
+        if self._near is not None and peer not in self._far:
+            self._far[peer] = 0 if self._near(peer) else 1
         self._dirty = True
         if self._salt and peer not in self._peer_tie:
             self._peer_tie[peer] = hashlib.sha256(self._salt + peer.encode()).digest()[:4]
@@ -188,6 +195,7 @@ class Scheduler:
         self._by_peer.pop(peer, None)
         self._penalized_until.pop(peer, None)
         self._peer_tie.pop(peer, None)
+        self._far.pop(peer, None)
         self._avoid_until = {key: t for key, t in self._avoid_until.items() if key[0] != peer}
         for index in list(self._stale):
             self._discard_stale(peer, index)
@@ -374,8 +382,9 @@ class Scheduler:
         """Ask the least-loaded free peer that has ``index`` (and may be asked) for it."""
         asked = self._by_chunk.get(index, {})
         tie = self._peer_tie
+        far = self._far
         candidates = [
-            (len(self._by_peer[peer]), tie.get(peer, b""), peer)
+            (far.get(peer, 0), len(self._by_peer[peer]), tie.get(peer, b""), peer)
             for peer in free
             if peer not in asked
             and index in self._useful[peer]

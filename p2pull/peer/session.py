@@ -104,7 +104,7 @@ class BlobSession:
         self.members: set[str] = set()  # peers that asked us for updates (we send them Haves)
         self.asked: set[str] = set()  # peers we sent Interested to
         self.chunks: ChunkExchange | None = None  # once the size is known
-        self.relay = Relay(fanout=self.config.relay_fanout, rng=self.rng)
+        self.relay = Relay()
         self._waiting_info: set[str] = set()  # asked us before we knew the size
         self._pending_info: tuple[str, BlobInfo] | None = None  # applied once opened
         self._dialing: set[str] = set()
@@ -362,6 +362,7 @@ class BlobSession:
             salt=self.node.node_id.encode(),
             config=self.config,
             out=self._out,
+            near=self._near if self.node.rack(self.node.node_id) else None,
         )
         if self.phase is Phase.OPENING:
             self._to(Phase.LEECHING)
@@ -386,21 +387,13 @@ class BlobSession:
             self._announce(event.index, event.sha256, from_origin=event.source == "origin", now=now)
 
     def _on_stored(self, event: PieceStored, now: float) -> None:
-        pushed = self._pushed(event)
         sha256 = self._exchange(event).on_stored(event.peer, event.index, now=now)
         if sha256 is None:
             return
-        if not self.seeding and (event.peer == self.seed_id or pushed):
-            self.relay.from_seed(event.index)  # ours to relay
+        small = len(self.members) <= self.config.relay_up_to
+        if event.peer == self.seed_id and not self.seeding and small:
+            self.relay.from_seed(event.index)  # ours to relay to every member
         self._announce(event.index, sha256, from_origin=False, now=now)
-
-    def _pushed(self, event: PieceStored) -> bool:
-        """The piece came pushed (and a relay fanout spreads pushes hop by hop)."""
-        return (
-            self.config.relay_fanout > 0
-            and self.chunks is not None
-            and self.chunks.was_pushed(event.peer, event.index)
-        )
 
     def _announce(self, index: int, sha256: bytes, *, from_origin: bool, now: float) -> None:
         """Chunk ``index`` is ours now: tell the swarm (a push from the seed or a relay, a Have
@@ -496,13 +489,29 @@ class BlobSession:
             return
         self._send(peer, self.chunks.describe())
         if self.seeding or self.config.fanout > 0:
-            others = sorted(m for m in self.members if m != peer and m not in self.bad)
-            sample = self.rng.sample(others, min(len(others), self.config.peers_handout))
+            sample = self._handout(peer)
             if sample:
                 self._send(peer, peers_message(self.digest, sample))
         elif peer not in self.asked:
             self._send(peer, Interested(self.digest, self.name, self.ns))
             self.asked.add(peer)
+
+    def _near(self, peer: str) -> bool:
+        return self.node.rack(peer) == self.node.rack(self.node.node_id)
+
+    def _handout(self, asker: str) -> list[str]:
+        """Members to name to ``asker``: ``peers_handout`` at random, all but a quarter of
+        them in its rack when racks are known (its chunks then mostly come from there, and
+        each rack's uplink carries a chunk about once)."""
+        others = sorted(m for m in self.members if m != asker and m not in self.bad)
+        count = min(len(others), self.config.peers_handout)
+        rack = self.node.rack
+        near = [m for m in others if rack(m) == rack(asker)]
+        far = [m for m in others if rack(m) != rack(asker)]
+        far_count = min(len(far), max(count - len(near), count // 4))
+        return self.rng.sample(near, min(len(near), count - far_count)) + self.rng.sample(
+            far, far_count
+        )
 
     def _on_info(self, peer: str, info: BlobInfo, now: float) -> None:
         if self.chunks is None:
