@@ -90,7 +90,7 @@ class SharedMembership:
 def build(args: argparse.Namespace) -> World:
     rng = random.Random(args.seed)
     clock = Clock()
-    net = Network(clock=clock, latency=args.latency_ms / 1000)
+    net = Network(clock=clock, latency=args.latency_ms / 1000, queue=args.queue_ms / 1000)
     rate = args.rate_gbit * 1e9 / 8
     racks = math.ceil(args.nodes / args.rack)
     slow = set(rng.sample(range(args.nodes), round(args.slow * args.nodes)))
@@ -106,6 +106,7 @@ def build(args: argparse.Namespace) -> World:
         max_in_flight=args.max_in_flight,
         fanout=args.fanout,
         relay_up_to=args.relay_up_to,
+        busy_retry=args.busy_retry,
     )
     world = World(clock=clock, net=net, session_config=config)
     members = [address(i, args.rack) for i in range(args.nodes)]
@@ -246,6 +247,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rack", type=int, default=32, help="nodes per rack")
     p.add_argument("--oversub", type=float, default=4.0, help="rack uplink oversubscription")
     p.add_argument("--latency-ms", type=float, default=0.1, help="one way, between any two hosts")
+    p.add_argument(
+        "--queue-ms",
+        type=float,
+        default=5.0,
+        help="the longest a control message waits in one interface's queue (a tbf's latency)",
+    )
     p.add_argument("--slow", type=float, default=0.0, help="fraction of slow nodes")
     p.add_argument("--slow-factor", type=float, default=0.1, help="their rate over the others'")
     p.add_argument("--late", type=float, default=0.0, help="fraction of nodes that start late")
@@ -256,6 +263,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-in-flight", type=int, default=SessionConfig().max_in_flight)
     p.add_argument("--fanout", type=int, default=SessionConfig().fanout)
     p.add_argument("--relay-up-to", type=int, default=SessionConfig().relay_up_to)
+    p.add_argument("--busy-retry", type=float, default=SessionConfig().busy_retry)
     p.add_argument(
         "--no-racks", action="store_true", help="the agents do not know racks (no preference)"
     )

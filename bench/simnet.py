@@ -9,8 +9,13 @@ Every byte stream crosses a chain of links, each a FIFO at a rate: the sender's 
 (cut-through: a link starts passing the bytes as the one before it starts sending them, and
 cannot finish before it). Then ``latency`` (one way). Messages between two nodes arrive in the
 order they were sent, as on a TCP connection. This is the same model as the tests' in-memory
-network (``p2pull/testing/peernet.py``) with racks added: coarse (no TCP dynamics, a switch
-buffer without limit), exact in bytes.
+network (``p2pull/testing/peernet.py``) with racks added: coarse (no TCP dynamics), exact in
+bytes.
+
+A control message (``urgent``: anything but a piece) waits at each link for what is queued
+there, but at most ``queue`` seconds: on its own TCP connection it queues only behind the
+bytes in the interface's queue (a tbf's ``latency``, a switch buffer), not behind every byte
+the other connections still hold in their socket buffers. Its bytes delay the bulk behind it.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ class Host:
 class Network:
     clock: Clock
     latency: float  # one way, seconds
+    queue: float = float("inf")  # the longest a control message waits at one link, seconds
     hosts: list[Host] = field(default_factory=list)
     rack_up: list[Link] = field(default_factory=list)  # out of each rack, to the core
     rack_down: list[Link] = field(default_factory=list)  # into each rack
@@ -87,12 +93,21 @@ class Network:
             return [frm.up, to.down]
         return [frm.up, self.rack_up[frm.rack], self.rack_down[to.rack], to.down]
 
-    def send(self, src: int | None, dst: int, size: int) -> tuple[float, float]:
+    def send(
+        self, src: int | None, dst: int, size: int, *, urgent: bool = False
+    ) -> tuple[float, float]:
         """Start ``size`` bytes from ``src`` to ``dst`` now: (when the first link is done with
         them, when they arrive). Ordered after everything sent earlier between the two."""
         now = self.clock.now
         start = now
         done = now
+        if urgent:
+            for link in self.path(src, dst):
+                took = size / link.rate
+                start += min(max(0.0, link.free - start), self.queue) + took
+                link.free = max(link.free, start - took) + took
+                link.carried += size
+            return self._arrive(src, dst, start)
         for k, link in enumerate(self.path(src, dst)):
             begin = max(start, link.free)
             finish = begin + size / link.rate
@@ -102,11 +117,14 @@ class Network:
             start = begin
             if k == 0:
                 sender_done = done
+        return sender_done, self._arrive(src, dst, done)[1]
+
+    def _arrive(self, src: int | None, dst: int, done: float) -> tuple[float, float]:
         arrival = done + self.latency
         key = (-1 if src is None else src, dst)
         arrival = max(arrival, self._last.get(key, 0.0))
         self._last[key] = arrival
-        return sender_done, arrival
+        return done, arrival
 
 
 __all__ = ["Clock", "Host", "Link", "Network"]

@@ -491,10 +491,11 @@ class World:
         size = size_of(message)
         node.stats.sent_messages += 1
         node.stats.sent_bytes += size
-        if not isinstance(message, Piece):
+        urgent = not isinstance(message, Piece)
+        if urgent:
             node.stats.control_sent += 1
             node.stats.control_bytes += size
-        _, arrival = self.net.send(node.index, dst, size)
+        _, arrival = self.net.send(node.index, dst, size, urgent=urgent)
         self.clock.at(arrival, self._deliver, node.index, dst, message)
         return arrival
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pull.errors import P2pullError
-from p2pull.membership import InvalidPeerAddress, Member, Membership, hrw_score, rank
+from p2pull.membership import InvalidPeerAddress, Member, Membership, hrw_score, rack_of, rank
 
 SELF = Member.of("198.18.0.1", 5051)
 
@@ -245,3 +245,16 @@ def test_version_counts_exactly_the_changes_of_the_live_set(
         changes += current != previous
         previous = current
     assert ms.version == changes == len(calls)
+
+
+@pytest.mark.parametrize(
+    ("node_id", "bits", "rack"),
+    [
+        ("198.18.3.7:5051", 24, "198.18.3.0/24"),
+        ("198.18.3.7:5051", 16, "198.18.0.0/16"),
+        ("198.18.3.7:5051", 0, ""),
+        ("[2001:db8:0:12::5]:5051", 32, "2001:db8:0:12::/64"),
+    ],
+)
+def test_rack_of_is_the_members_network(node_id: str, bits: int, rack: str) -> None:
+    assert rack_of(node_id, bits) == rack

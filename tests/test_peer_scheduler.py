@@ -537,3 +537,54 @@ def test_a_busy_peer_is_asked_again_after_retry_after_not_the_stall_penalty() ->
     scheduler.on_failed("a", 0, now=2.0)  # a plain Reject: the stall penalty
     assert scheduler.next_requests(now=6.9) == []
     assert scheduler.next_requests(now=7.0) == reqs("a:0")
+
+
+def test_piece_seconds_follows_how_long_requests_take() -> None:
+    scheduler = Scheduler(chunk_count=3, max_in_flight_per_peer=1)
+    scheduler.add_peer("a", bits("111"))
+    assert scheduler.piece_seconds is None
+    assert scheduler.next_requests(now=0.0) == reqs("a:0")
+    scheduler.on_piece("a", 0, now=2.0)
+    scheduler.have(0)
+    assert scheduler.piece_seconds == 2.0
+    assert scheduler.next_requests(now=2.0) == reqs("a:1")
+    scheduler.on_piece("a", 1, now=3.0)  # took 1 s: the estimate moves a fifth of the way
+    assert scheduler.piece_seconds == pytest.approx(1.8)
+    scheduler.on_piece("stranger", 2, now=9.0)  # nothing was asked of it: no measure
+    assert scheduler.piece_seconds == pytest.approx(1.8)
+
+
+def test_endgame_duplicates_a_request_only_once_it_is_late() -> None:
+    """Once pieces have been timed, a request in the endgame is duplicated only when it is
+    ENDGAME_LATE typical pieces old: a duplicate of an on-time request costs a holder's
+    uplink a whole chunk for nothing. The scheduler wakes up when it turns late."""
+    scheduler = Scheduler(chunk_count=3, max_in_flight_per_peer=1)
+    scheduler.add_peer("a", bits("111"))
+    scheduler.add_peer("b", bits("111"))
+    assert scheduler.next_requests(now=0.0) == reqs("a:0 b:1")
+    assert scheduler.on_piece("a", 0, now=1.0) == []
+    scheduler.have(0)
+    assert scheduler.piece_seconds == 1.0
+    assert scheduler.next_requests(now=1.0) == reqs("a:2")  # every missing chunk is in flight
+    scheduler.add_peer("c", bits("111"))
+    assert scheduler.next_requests(now=1.5) == []  # b:1 (asked at 0) is late only at 2.0
+    assert scheduler.next_deadline() == 2.0
+    assert scheduler.next_requests(now=2.0) == reqs("c:1")
+    assert scheduler.in_flight() == reqs("a:2 b:1 c:1")
+
+
+def test_holders_in_the_nodes_rack_are_asked_first() -> None:
+    scheduler = Scheduler(
+        chunk_count=3,
+        max_in_flight_per_peer=2,
+        endgame_duplicates=1,
+        near=lambda peer: peer.startswith("near"),
+    )
+    for peer in ("far-a", "far-b", "near-z"):
+        scheduler.add_peer(peer, bits("111"))
+    # the near holder while it has room, then the far ones
+    assert scheduler.next_requests(now=0.0) == reqs("near-z:0 near-z:1 far-a:2")
+    plain = Scheduler(chunk_count=1, endgame_duplicates=1)
+    for peer in ("far-a", "near-z"):
+        plain.add_peer(peer, bits("1"))
+    assert plain.next_requests(now=0.0) == reqs("far-a:0")  # racks unknown: by peer id

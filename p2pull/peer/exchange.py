@@ -31,6 +31,7 @@ from p2pull.peer.relay import HeldPieces
 from p2pull.peer.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
+BUSY_RETRY_MIN = 0.005  # seconds: the least a busy holder is left alone for a chunk
 
 
 class ChunkExchange:
@@ -139,8 +140,18 @@ class ChunkExchange:
 
     def on_reject(self, peer: str, reject: Reject, *, now: float) -> None:
         busy = reject.reason == REJECT_BUSY  # a full upload queue: soon again, or elsewhere
-        retry = self.config.busy_retry if busy else None
+        retry = self.busy_retry() if busy else None
         self.scheduler.on_failed(peer, reject.index, now=now, retry_after=retry)
+
+    def busy_retry(self) -> float:
+        """How long a holder that answered "busy" is not asked for that chunk again: about
+        the time a piece takes to come (one of its upload slots frees as fast), between
+        ``BUSY_RETRY_MIN`` and ``config.busy_retry``. A fixed wait that suits a slow link
+        leaves a fast swarm idle at its end, where the last chunks have few holders."""
+        typical = self.scheduler.piece_seconds
+        if typical is None:
+            return self.config.busy_retry
+        return min(self.config.busy_retry, max(BUSY_RETRY_MIN, typical))
 
     def on_piece(self, peer: str, piece: Piece, now: float) -> None:
         if not 0 <= piece.index < self.have.length:

@@ -10,9 +10,10 @@ each to the peer that has the chunk and the fewest requests in flight (ties: the
 below, else lowest peer id),
 never above ``max_in_flight_per_peer``, never to a penalized peer, never to a peer that recently
 failed that chunk, never a chunk we hold, and never a chunk already in flight, except in the
-endgame: once every missing chunk is in flight, spare slots duplicate in-flight chunks to other
-peers (up to ``endgame_duplicates`` requests per chunk; window chunks first, then the longest
-outstanding) and the first copy to arrive makes ``on_piece`` return the others, to cancel.
+endgame: once every missing chunk is in flight, spare slots duplicate in-flight chunks that are
+late (their newest request older than ``ENDGAME_LATE`` typical pieces, ``piece_seconds``) to
+other peers (up to ``endgame_duplicates`` requests per chunk; window chunks first, then the
+longest outstanding) and the first copy to arrive makes ``on_piece`` return the others, to cancel.
 
 A chunk a peer pushes unasked (``pushed``) counts as requested from it, and requests for it
 elsewhere are returned to cancel.
@@ -32,6 +33,8 @@ from dataclasses import dataclass
 from p2pull.bitfield import Bitfield
 
 PUSHES_PER_PEER = 2  # chunks one peer may have on their way to us, in max_in_flight_per_peer
+PIECE_SMOOTHING = 0.2  # weight of the newest piece in piece_seconds
+ENDGAME_LATE = 2.0  # an endgame request is duplicated once it is this many typical pieces old
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -98,6 +101,8 @@ class Scheduler:
         # Requests for chunks we got meanwhile (have() came before on_piece()): on_piece cancels.
         self._stale: dict[int, set[str]] = {}
         self._penalized_until: dict[str, float] = {}
+        # How long a request takes to be answered with its piece, smoothed (None: none yet).
+        self.piece_seconds: float | None = None
         self._avoid_until: dict[tuple[str, int], float] = {}  # (peer, index) that failed lately
         self._window = range(0)
         # next_requests recomputes only after a change that can allow a new request, or once a
@@ -217,6 +222,11 @@ class Scheduler:
         Works whether the caller calls ``have(index)`` before or after this.
         """
         others = self._stale.pop(index, set())
+        asked_at = self._by_peer.get(peer, {}).get(index)
+        if asked_at is not None:
+            took = max(0.0, now - asked_at)
+            last = self.piece_seconds
+            self.piece_seconds = took if last is None else last + PIECE_SMOOTHING * (took - last)
         for holder in list(self._by_chunk.get(index, ())):
             self._release(holder, index)
             others.add(holder)
@@ -288,7 +298,7 @@ class Scheduler:
             if not free or len(out) >= room:
                 return out
         if free and self._in_endgame():
-            for index in self._endgame_order():
+            for index in self._endgame_order(now):
                 while free and len(self._by_chunk[index]) < self.endgame_duplicates:
                     if len(out) >= room or not self._assign(index, free, now, out):
                         break
@@ -368,15 +378,27 @@ class Scheduler:
         missing = self.chunk_count - self._have.count
         return missing > 0 and len(self._by_chunk) == missing
 
-    def _endgame_order(self) -> list[int]:
-        window = self._window
+    def _endgame_order(self, now: float) -> list[int]:
+        """The chunks to ask another peer for too: those whose newest request is late (older
+        than ``ENDGAME_LATE`` typical pieces; all of them before any piece came). A duplicate
+        of a request that is on time costs a busy uplink a whole chunk for nothing. Sets the
+        wake-up for when the next one turns late."""
+        window, by_chunk = self._window, self._by_chunk
+        late_after = ENDGAME_LATE * self.piece_seconds if self.piece_seconds is not None else 0.0
+        late = []
+        for index, asked in by_chunk.items():
+            late_at = max(asked.values()) + late_after
+            if late_at <= now:
+                late.append(index)
+            else:
+                self._wake_at = min(self._wake_at, late_at)
 
         def key(index: int) -> tuple[bool, float, int]:
             if index in window:
                 return (False, 0.0, index)
-            return (True, min(self._by_chunk[index].values()), index)
+            return (True, min(by_chunk[index].values()), index)
 
-        return sorted(self._by_chunk, key=key)
+        return sorted(late, key=key)
 
     def _assign(self, index: int, free: dict[str, int], now: float, out: list[Assignment]) -> bool:
         """Ask the least-loaded free peer that has ``index`` (and may be asked) for it."""
