@@ -107,6 +107,7 @@ def build(args: argparse.Namespace) -> World:
         fanout=args.fanout,
         relay_up_to=args.relay_up_to,
         busy_retry=args.busy_retry,
+        far_wait=args.far_wait,
     )
     world = World(clock=clock, net=net, session_config=config)
     members = [address(i, args.rack) for i in range(args.nodes)]
@@ -264,6 +265,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fanout", type=int, default=SessionConfig().fanout)
     p.add_argument("--relay-up-to", type=int, default=SessionConfig().relay_up_to)
     p.add_argument("--busy-retry", type=float, default=SessionConfig().busy_retry)
+    p.add_argument("--far-wait", type=float, default=SessionConfig().far_wait)
     p.add_argument(
         "--no-racks", action="store_true", help="the agents do not know racks (no preference)"
     )

@@ -588,3 +588,31 @@ def test_holders_in_the_nodes_rack_are_asked_first() -> None:
     for peer in ("far-a", "near-z"):
         plain.add_peer(peer, bits("1"))
     assert plain.next_requests(now=0.0) == reqs("far-a:0")  # racks unknown: by peer id
+
+
+def test_a_chunk_only_far_holders_have_waits_far_wait_pieces_for_a_near_one() -> None:
+    scheduler = Scheduler(
+        chunk_count=3,
+        max_in_flight_per_peer=1,
+        endgame_duplicates=1,
+        near=lambda peer: peer.startswith("near"),
+        far_wait=4.0,
+    )
+    scheduler.add_peer("near-a", bits("100"))
+    scheduler.add_peer("far-b", bits("011"))
+    assert scheduler.next_requests(now=0.0) == reqs("near-a:0 far-b:1")  # untimed: no wait
+    scheduler.on_piece("near-a", 0, now=0.5)
+    scheduler.have(0)
+    assert scheduler.piece_seconds == 0.5
+    scheduler.on_piece("far-b", 1, now=1.0)
+    scheduler.have(1)
+    assert scheduler.piece_seconds == pytest.approx(0.6)  # 0.5 + 0.2 x (1.0 - 0.5)
+    assert scheduler.next_requests(now=1.0) == []  # chunk 2 only afar: wait 4 x 0.6 s
+    assert scheduler.next_deadline() == pytest.approx(3.4)
+    assert scheduler.next_requests(now=3.4) == reqs("far-b:2")
+    near_soon = Scheduler(chunk_count=1, near=lambda peer: peer.startswith("near"), far_wait=4.0)
+    near_soon.piece_seconds = 0.5
+    near_soon.add_peer("far-b", bits("1"))
+    assert near_soon.next_requests(now=0.0) == []
+    near_soon.add_peer("near-a", bits("1"))  # it came near meanwhile: asked at once
+    assert near_soon.next_requests(now=0.1) == reqs("near-a:0")

@@ -47,6 +47,7 @@ class ChunkExchange:
         config: SessionConfig,
         out: list[Action],
         near: Callable[[str], bool] | None = None,
+        far_wait: float = 0.0,
     ) -> None:
         self.digest = digest
         self.size = size
@@ -64,6 +65,7 @@ class ChunkExchange:
             request_timeout=config.request_timeout,
             salt=salt,
             near=near,
+            far_wait=far_wait,
         )
         for index in self.have.present():
             self.scheduler.have(index)  # held before this swarm began: BlobInfo tells them

@@ -57,6 +57,7 @@ class Scheduler:
         stall_penalty: float = 5.0,
         salt: bytes = b"",
         near: Callable[[str], bool] | None = None,
+        far_wait: float = 0.0,
     ) -> None:
         if max_in_flight_per_peer < 1 or endgame_duplicates < 1 or max_in_flight < 0:
             raise ValueError(
@@ -83,6 +84,10 @@ class Scheduler:
         # carries a chunk about once); None: racks are not known.
         self._near = near
         self._far: dict[str, int] = {}  # peer -> 0 near, 1 far (computed once per peer)
+        # A chunk only far holders have is asked of them once it has waited this many typical
+        # pieces for a near holder (its rack's leader fetches it across at once: far_wait 0).
+        self.far_wait = far_wait
+        self._far_seen: dict[int, float] = {}  # chunk -> when it was first wanted from afar
         self._tie_rank = list(range(chunk_count))  # chunk index -> its place among equals
         if salt:
             tie = [
@@ -103,6 +108,7 @@ class Scheduler:
         self._penalized_until: dict[str, float] = {}
         # How long a request takes to be answered with its piece, smoothed (None: none yet).
         self.piece_seconds: float | None = None
+        self._peer_seconds: dict[str, float] = {}  # the same, per peer
         self._avoid_until: dict[tuple[str, int], float] = {}  # (peer, index) that failed lately
         self._window = range(0)
         # next_requests recomputes only after a change that can allow a new request, or once a
@@ -116,6 +122,7 @@ class Scheduler:
         """We hold chunk ``index`` now (verified). Its in-flight requests stop counting."""
         self._have.set(index)  # IndexError when out of range
         self._missing.discard(index)
+        self._far_seen.pop(index, None)
         self._dirty = True
         for useful in self._useful.values():
             useful.discard(index)
@@ -201,6 +208,7 @@ class Scheduler:
         self._penalized_until.pop(peer, None)
         self._peer_tie.pop(peer, None)
         self._far.pop(peer, None)
+        self._peer_seconds.pop(peer, None)
         self._avoid_until = {key: t for key, t in self._avoid_until.items() if key[0] != peer}
         for index in list(self._stale):
             self._discard_stale(peer, index)
@@ -227,6 +235,10 @@ class Scheduler:
             took = max(0.0, now - asked_at)
             last = self.piece_seconds
             self.piece_seconds = took if last is None else last + PIECE_SMOOTHING * (took - last)
+            mine = self._peer_seconds.get(peer)
+            self._peer_seconds[peer] = (
+                took if mine is None else mine + PIECE_SMOOTHING * (took - mine)
+            )
         for holder in list(self._by_chunk.get(index, ())):
             self._release(holder, index)
             others.add(holder)
@@ -403,10 +415,17 @@ class Scheduler:
     def _assign(self, index: int, free: dict[str, int], now: float, out: list[Assignment]) -> bool:
         """Ask the least-loaded free peer that has ``index`` (and may be asked) for it."""
         asked = self._by_chunk.get(index, {})
-        tie = self._peer_tie
-        far = self._far
+        tie, far, timed = self._peer_tie, self._far, self._peer_seconds
+        typical = self.piece_seconds or 1.0
+        # the holder expected to answer first: its requests in flight (and this one) times
+        # how long its pieces take (untimed: like the others')
         candidates = [
-            (far.get(peer, 0), len(self._by_peer[peer]), tie.get(peer, b""), peer)
+            (
+                far.get(peer, 0),
+                (len(self._by_peer[peer]) + 1) * timed.get(peer, typical),
+                tie.get(peer, b""),
+                peer,
+            )
             for peer in free
             if peer not in asked
             and index in self._useful[peer]
@@ -414,7 +433,14 @@ class Scheduler:
         ]
         if not candidates:
             return False
-        *_, peer = min(candidates)
+        best = min(candidates)
+        if best[0] and self.far_wait and self.piece_seconds is not None:
+            seen = self._far_seen.setdefault(index, now)
+            ready = seen + self.far_wait * self.piece_seconds
+            if now < ready:
+                self._wake_at = min(self._wake_at, ready)
+                return False
+        *_, peer = best
         self._by_chunk.setdefault(index, {})[peer] = now
         self._by_peer[peer][index] = now
         self._in_flight += 1

@@ -353,6 +353,9 @@ class BlobSession:
         count = chunk_count(event.size, event.chunk_size)
         if event.have.length != count or len(event.hashes) != count:
             raise LocalProtocolError(f"BlobOpened with {event.have.length} chunks for {count}")
+        racked = bool(self.node.rack(self.node.node_id))
+        waits = racked and self.config.far_wait > 0 and not self.seeding
+        leader = self._rack_leader(now) if waits else None
         self.chunks = ChunkExchange(
             digest=self.digest,
             size=event.size,
@@ -362,8 +365,11 @@ class BlobSession:
             salt=self.node.node_id.encode(),
             config=self.config,
             out=self._out,
-            near=self._near if self.node.rack(self.node.node_id) else None,
+            near=self._near if racked else None,
+            far_wait=0.0 if leader is None else self.config.far_wait,
         )
+        if leader is not None and leader.node_id not in self.asked:
+            self._dial(leader)  # its chunks come in near
         if self.phase is Phase.OPENING:
             self._to(Phase.LEECHING)
         for peer in sorted(self._waiting_info):
@@ -495,6 +501,16 @@ class BlobSession:
         elif peer not in self.asked:
             self._send(peer, Interested(self.digest, self.name, self.ns))
             self.asked.add(peer)
+
+    def _rack_leader(self, now: float) -> Member | None:
+        """This rack's first member in the blob's HRW order (None: this node is it): it
+        fetches what only other racks hold at once, the others wait a while for it."""
+        ranked, _ = self.node.membership.ranking(self.digest, now=now)
+        rack, me = self.node.rack, self.node.node_id
+        for member in ranked:
+            if member.node_id not in self._gave_up and rack(member.node_id) == rack(me):
+                return None if member.node_id == me else member
+        return None
 
     def _near(self, peer: str) -> bool:
         return self.node.rack(peer) == self.node.rack(self.node.node_id)
