@@ -55,6 +55,7 @@ class AgentConfig:
     upload_rate: int = 0
     download_rate: int = 0
     max_uploads: int = 4
+    rack_prefix: int = 0  # leading address bits that name a node's rack (0: racks not known)
     mirror_max_connections: int = 1024
     metrics_max_connections: int = 64
     log_level: str = "INFO"
@@ -80,6 +81,12 @@ def parse_size(text: str) -> int:
 def _positive(text: str, flag: str) -> int:
     if not str(text).isdigit() or int(text) < 1:
         raise ConfigError(f"{flag}: expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def _rack_prefix(text: str) -> int:
+    if not str(text).isdigit() or int(text) > 32:
+        raise ConfigError(f"--rack-prefix: expected a number of bits 0-32, got {text!r}")
     return int(text)
 
 
@@ -216,6 +223,12 @@ def add_agent_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str])
         help="chunks uploaded to peers at once (at most 2 per peer)",
     )
     opt(
+        "--rack-prefix",
+        default="0",
+        help="leading bits of a peer address naming its rack or zone, e.g. 24: nodes in one "
+        "/24 share a rack and ask each other first (IPv6: 32 more bits; 0: racks not known)",
+    )
+    opt(
         "--mirror-max-connections",
         default="1024",
         help="connections the mirror holds at once; at the cap a new one closes the one waiting "
@@ -324,6 +337,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = N
         upload_rate=parse_size(args.upload_rate),
         download_rate=parse_size(args.download_rate),
         max_uploads=_positive(args.max_uploads, "--max-uploads"),
+        rack_prefix=_rack_prefix(args.rack_prefix),
         mirror_max_connections=_positive(args.mirror_max_connections, "--mirror-max-connections"),
         metrics_max_connections=_positive(
             args.metrics_max_connections, "--metrics-max-connections"

@@ -315,6 +315,7 @@ class Agent:
                 max_chunk_size=config.chunk_size,
                 upload_slots=config.max_uploads,
                 upload_rate=config.upload_rate,
+                rack_prefix=config.rack_prefix,
             ),
             download_limit=self.download_limit,
             membership=membership,

@@ -15,6 +15,7 @@ old second. See tests/test_membership.py for the properties.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Callable, Collection, Iterable
@@ -83,6 +84,7 @@ class Member:
         return cls.of(host, int(port_text))
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def rack_of(node_id: str, prefix_bits: int) -> str:
     """The rack (or zone) of a member, from its address: the network of its first
     ``prefix_bits`` bits (an IPv6 address: of its first ``prefix_bits + 32``, at most 128);

@@ -77,11 +77,19 @@ ALONE = ["--standalone"]
         pytest.param(["--chunk-size", "1KiB"], id="chunk-too-small"),
         pytest.param(["--store-quota", "lots"], id="quota-not-size"),
         pytest.param(["--max-uploads", "0"], id="no-upload-slots"),
+        pytest.param(["--rack-prefix", "33"], id="rack-prefix-too-long"),
+        pytest.param(["--rack-prefix", "/24"], id="rack-prefix-not-bits"),
     ],
 )
 def test_bad_configuration_is_refused(argv: list[str]) -> None:
     with pytest.raises(ConfigError):
         load_agent_config([*ALONE, *argv], {})
+
+
+def test_rack_prefix_from_a_flag_or_the_environment() -> None:
+    assert load_agent_config(ALONE, {}).rack_prefix == 0
+    assert load_agent_config([*ALONE, "--rack-prefix", "24"], {}).rack_prefix == 24
+    assert load_agent_config(ALONE, {"P2PULL_RACK_PREFIX": "16"}).rack_prefix == 16
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ What to answer and whom to serve is decided by pure code (``p2pull.peer.session`
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import trio
 
 from p2pull.blobs import BlobService
 from p2pull.errors import InvalidReference, P2pullError, StoreError
-from p2pull.membership import Member, Membership
+from p2pull.membership import Member, Membership, rack_of
 from p2pull.metrics import Metrics
 from p2pull.origin_fetch import OriginFetcher
 from p2pull.peer.events import NodeContext, PeerGone, PeerMessage, SessionConfig, Snapshot
@@ -71,6 +72,7 @@ class SwarmConfig:
     seed_copies: int = 1  # super-seeding: grants of one chunk per seed_window (0: no cap)
     seed_window: float = 15.0
     latecomer_window: float = 60.0  # late askers of a blob are named to the next for this long
+    rack_prefix: int = 0  # leading address bits naming a member's rack (0: racks not known)
 
     @property
     def session(self) -> SessionConfig:
@@ -132,7 +134,13 @@ class SwarmNode:
         self.drivers: dict[Digest, SessionDriver] = {}
         self._last_seed: dict[Digest, str] = {}  # whose hashes the last session of a blob used
         self._context = DriverContext(
-            node=NodeContext(self.node_id, membership, self.serving, config.session),
+            node=NodeContext(
+                self.node_id,
+                membership,
+                self.serving,
+                config.session,
+                rack=functools.partial(rack_of, prefix_bits=config.rack_prefix),
+            ),
             links=self.pool,
             store=store,
             push=self._push,
