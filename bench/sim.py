@@ -143,16 +143,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for spec in args.kill:
         at, count = spec.split(":")
         world.clock.at(float(at), _kill, world, int(count), args.seed)
-    waiting = {node.index for node in world.nodes}
-
-    def everyone_done() -> bool:
-        done = [
-            i for i in waiting if world.nodes[i].finished_at is not None or not world.nodes[i].alive
-        ]
-        waiting.difference_update(done)
-        return not waiting
-
-    world.clock.run(until=args.max_time, stop=everyone_done)
+    world.clock.run(until=args.max_time, stop=world.everyone_done)
     return report(args, world, wall=time.perf_counter() - started)
 
 

@@ -110,6 +110,7 @@ class Scheduler:
         self.piece_seconds: float | None = None
         self._peer_seconds: dict[str, float] = {}  # the same, per peer
         self._avoid_until: dict[tuple[str, int], float] = {}  # (peer, index) that failed lately
+        self._avoid_ends = math.inf  # the earliest of those avoidances ends then
         self._window = range(0)
         # next_requests recomputes only after a change that can allow a new request, or once a
         # penalty or avoidance ends: the swarm loop calls it after every event (every Have).
@@ -256,6 +257,7 @@ class Scheduler:
         self._discard_stale(peer, index)
         wait = self.stall_penalty if retry_after is None else retry_after
         self._avoid_until[(peer, index)] = now + wait
+        self._avoid_ends = min(self._avoid_ends, now + wait)
         self._dirty = True
 
     def expire(self, *, now: float) -> list[Assignment]:
@@ -285,12 +287,13 @@ class Scheduler:
         if not self._dirty and now < self._wake_at:
             return []  # nothing changed since the last call that could allow a request
         self._dirty = False
-        if self._avoid_until:
+        if self._avoid_until and now >= self._avoid_ends:
             self._avoid_until = {key: t for key, t in self._avoid_until.items() if t > now}
+            self._avoid_ends = min(self._avoid_until.values(), default=math.inf)
         self._wake_at = min(
-            [t for t in self._penalized_until.values() if t > now] + [*self._avoid_until.values()],
-            default=math.inf,
+            (t for t in self._penalized_until.values() if t > now), default=self._avoid_ends
         )
+        self._wake_at = min(self._wake_at, self._avoid_ends)
         out: list[Assignment] = []
         room = self.max_in_flight - self._in_flight if self.max_in_flight else math.inf
         if room <= 0:

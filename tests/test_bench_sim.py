@@ -1,0 +1,76 @@
+"""bench/sim.py: its byte model, and a small storm on the agent's own protocol code held to the
+targets docs/scale.md states (the ones not met yet are strict xfails: they fail once met, so
+that the doc and this file move together)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from bench import sim
+from bench.simnet import Clock, Host, Link, Network
+
+SMALL = [
+    "--nodes", "64", "--size", "32MiB", "--layers", "2", "--rate-gbit", "25",
+    "--origin-rate-gbit", "10", "--rack", "16", "--oversub", "4", "--seed", "1",
+]  # fmt: skip
+
+
+def three_hosts(queue: float) -> Network:
+    net = Network(clock=Clock(), latency=0.001, queue=queue)
+    net.hosts = [Host(Link(1000.0), Link(1000.0), 0) for _ in range(3)]
+    return net
+
+
+def test_a_control_message_waits_at_most_the_queue_behind_other_connections_bulk() -> None:
+    net = three_hosts(queue=0.05)
+    _, bulk = net.send(0, 1, 1000)  # one second of bytes on host 0's uplink
+    assert bulk == pytest.approx(1.001)
+    _, control = net.send(0, 2, 10, urgent=True)  # to another peer: jumps all but 50 ms
+    assert control == pytest.approx(0.05 + 0.01 + 0.01 + 0.001)
+    _, after = net.send(0, 1, 10, urgent=True)  # behind the bulk on the same connection
+    assert after >= bulk
+    _, more = net.send(0, 2, 100)  # the control bytes delayed the bulk behind them
+    assert more == pytest.approx(1.0 + 0.01 + 0.01 + 0.1 + 0.001)
+    unbounded = three_hosts(queue=math.inf)
+    _, bulk = unbounded.send(0, 1, 1000)
+    _, control = unbounded.send(0, 2, 10, urgent=True)
+    assert control > bulk  # an unlimited buffer: it waits for everything
+
+
+@pytest.fixture(scope="module")
+def small_storm() -> dict[str, Any]:
+    return sim.run(sim.parser().parse_args(SMALL))
+
+
+def test_small_storm_completes_with_one_origin_copy(small_storm: dict[str, Any]) -> None:
+    assert small_storm["completed"] == small_storm["attempted"] == 64
+    assert small_storm["origin_ratio"] <= 1.05
+
+
+def test_the_same_seed_gives_the_same_storm(small_storm: dict[str, Any]) -> None:
+    again = sim.run(sim.parser().parse_args(SMALL))
+    drop = {"wall_seconds"}
+    assert {k: v for k, v in again.items() if k not in drop} == {
+        k: v for k, v in small_storm.items() if k not in drop
+    }
+
+
+def test_a_killed_seed_and_slow_nodes_still_complete_with_one_successor() -> None:
+    args = sim.parser().parse_args([*SMALL, "--kill", "0.01:1", "--slow", "0.1"])
+    result = sim.run(args)
+    assert result["attempted"] == 63
+    assert result["completed"] == 63
+    assert result["origin_ratio"] <= 1.10
+
+
+@pytest.mark.xfail(strict=True, reason="p99 1.72x the bound here (docs/scale.md)")
+def test_small_storm_p99_within_1_3x_the_bound(small_storm: dict[str, Any]) -> None:
+    assert small_storm["over_lower_bound"]["p99"] <= 1.3
+
+
+@pytest.mark.xfail(strict=True, reason="cross-rack bytes 6.0x racks x size here")
+def test_small_storm_crosses_each_rack_uplink_about_once(small_storm: dict[str, Any]) -> None:
+    assert small_storm["cross_rack_ratio"] <= 1.1
