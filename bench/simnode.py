@@ -528,7 +528,11 @@ class World:
                 a.stats.max_links = max(a.stats.max_links, len(a.links))
             node.stats.control_sent += 2
             node.stats.control_bytes += 2 * 120  # Hello and Auth (and as many back)
-        event: ev.Event = ev.LinkUp(target.node_id) if ok else ev.DialFailed(target.node_id, "down")
+        event: ev.Event = (
+            ev.LinkUp(target.node_id)
+            if ok
+            else ev.DialFailed(target.node_id, "down", timed_out=True)
+        )
         node.feed(sim, event)
 
     def kill(self, index: int) -> None:

@@ -5,6 +5,7 @@ that the doc and this file move together)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -74,3 +75,16 @@ def test_small_storm_p99_within_1_3x_the_bound(small_storm: dict[str, Any]) -> N
 @pytest.mark.xfail(strict=True, reason="cross-rack bytes 6.0x racks x size here")
 def test_small_storm_crosses_each_rack_uplink_about_once(small_storm: dict[str, Any]) -> None:
     assert small_storm["cross_rack_ratio"] <= 1.1
+
+
+def test_docs_scale_md_shows_this_storm(small_storm: dict[str, Any]) -> None:
+    """The 64-node row of docs/scale.md is this run's figures."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "scale.md").read_text()
+    row = next(line for line in doc.splitlines() if line.startswith("| `--nodes 64 "))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    bound = small_storm["over_lower_bound"]
+    links = small_storm["connections_per_node"]
+    assert cells[1] == f"{small_storm['origin_ratio']:.2f}"
+    assert cells[2] == f"{bound['p50']:.2f} / {bound['p99']:.2f} / {bound['max']:.2f}"
+    assert cells[3] == f"{links['p50']:g} / {links['max']}"
+    assert cells[5] == f"{small_storm['cross_rack_ratio']:.1f}x"

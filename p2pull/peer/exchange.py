@@ -104,6 +104,7 @@ class ChunkExchange:
             return
         self.peer_bits[peer] = Bitfield(self.have.length, info.bitfield)
         if from_seed:
+            self.scheduler.last_resort = peer
             for index, digest in enumerate(info.hashes):
                 if digest and self.hashes[index] is None:
                     self.hashes[index] = digest

@@ -88,6 +88,9 @@ class Scheduler:
         # pieces for a near holder (its rack's leader fetches it across at once: far_wait 0).
         self.far_wait = far_wait
         self._far_seen: dict[int, float] = {}  # chunk -> when it was first wanted from afar
+        # Asked only when no other free holder has the chunk (the blob's seed: it hands each
+        # chunk out once, and a finished seed asked by everyone carries the blob many times).
+        self.last_resort: str | None = None
         self._tie_rank = list(range(chunk_count))  # chunk index -> its place among equals
         if salt:
             tie = [
@@ -422,8 +425,10 @@ class Scheduler:
         typical = self.piece_seconds or 1.0
         # the holder expected to answer first: its requests in flight (and this one) times
         # how long its pieces take (untimed: like the others')
+        last = self.last_resort
         candidates = [
             (
+                peer == last,
                 far.get(peer, 0),
                 (len(self._by_peer[peer]) + 1) * timed.get(peer, typical),
                 tie.get(peer, b""),
@@ -437,7 +442,7 @@ class Scheduler:
         if not candidates:
             return False
         best = min(candidates)
-        if best[0] and self.far_wait and self.piece_seconds is not None:
+        if best[1] and self.far_wait and self.piece_seconds is not None:
             seen = self._far_seen.setdefault(index, now)
             ready = seen + self.far_wait * self.piece_seconds
             if now < ready:

@@ -109,6 +109,7 @@ class BlobSession:
         self._pending_info: tuple[str, BlobInfo] | None = None  # applied once opened
         self._dialing: set[str] = set()
         self._seed_dial: str | None = None
+        self._seed_dials = 0  # dials to that seed that failed
         self._origin_running = False
         self._origin_trouble: str | None = None  # the origin's last failure, while it retries
         # seeds passed over: those that answered Unavailable, and those whose blob failed its
@@ -260,6 +261,8 @@ class BlobSession:
             self._become_seed(now)
             return
         self._to(Phase.LOCATING)
+        if seed.node_id != self._seed_dial:
+            self._seed_dials = 0
         self.seed_id, self._seed_dial = None, seed.node_id
         self._dial(seed)
 
@@ -336,6 +339,11 @@ class BlobSession:
     def _on_dial_failed(self, event: DialFailed, now: float) -> None:
         self._dial_ended(event.peer)
         if event.peer == self._seed_dial:
+            self._seed_dials += 1
+            if event.timed_out and self._seed_dials < self.config.seed_dials:
+                log.info("seed %s of %s timed out: dialing it again", event.peer, self.digest[:19])
+                self._dial(Member.parse(event.peer))
+                return
             log.info("seed %s of %s unreachable: %s", event.peer, self.digest[:19], event.reason)
             self.node.membership.suspect(event.peer, now=now)
             self._locate(now)

@@ -172,7 +172,8 @@ class SessionDriver:
         try:
             await self.context.links.connect(member)
         except PeerUnreachable as exc:
-            await self.post(ev.DialFailed(member.node_id, str(exc)))
+            timed_out = isinstance(exc.__cause__, trio.TooSlowError)
+            await self.post(ev.DialFailed(member.node_id, str(exc) or "timed out", timed_out))
         else:
             await self.post(ev.LinkUp(member.node_id))
 
