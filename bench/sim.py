@@ -263,13 +263,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-time", type=float, default=3600.0, help="simulated seconds at most")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true", help="one JSON line")
+    p.add_argument(
+        "--markdown", action="store_true", help="a row of docs/scale.md's table (no wall time)"
+    )
     return p
 
 
+def markdown_row(argv: list[str], result: dict[str, Any]) -> str:
+    """The run as a row of docs/scale.md's table: its arguments, then the figures."""
+    shown = " ".join(a for a in argv if a not in ("--json", "--markdown"))
+    bound, links = result["over_lower_bound"], result["connections_per_node"]
+    control = result["control_messages_per_node"]
+    return (
+        f"| `{shown}` | {result['origin_ratio']:.2f} | {bound['p50']:.2f} / {bound['p99']:.2f} / "
+        f"{bound['max']:.2f} | {links['p50']:g} / {links['max']} | {control['p50']:,.0f} / "
+        f"{control['max']:,} | {result['cross_rack_ratio']:.1f}x |"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     result = run(args)
-    if args.json:
+    if args.markdown:
+        print(markdown_row(argv, result))
+    elif args.json:
         print(json.dumps(result))
     else:
         for key, value in result.items():

@@ -67,24 +67,17 @@ def test_a_killed_seed_and_slow_nodes_still_complete_with_one_successor() -> Non
     assert result["origin_ratio"] <= 1.10
 
 
-@pytest.mark.xfail(strict=True, reason="p99 1.72x the bound here (docs/scale.md)")
+@pytest.mark.xfail(strict=True, reason="p99 1.74x the bound here (docs/scale.md)")
 def test_small_storm_p99_within_1_3x_the_bound(small_storm: dict[str, Any]) -> None:
     assert small_storm["over_lower_bound"]["p99"] <= 1.3
 
 
-@pytest.mark.xfail(strict=True, reason="cross-rack bytes 6.0x racks x size here")
+@pytest.mark.xfail(strict=True, reason="cross-rack bytes 6.1x racks x size here")
 def test_small_storm_crosses_each_rack_uplink_about_once(small_storm: dict[str, Any]) -> None:
     assert small_storm["cross_rack_ratio"] <= 1.1
 
 
 def test_docs_scale_md_shows_this_storm(small_storm: dict[str, Any]) -> None:
-    """The 64-node row of docs/scale.md is this run's figures."""
+    """docs/scale.md's first row is this run, as ``bench/sim.py ... --markdown`` prints it."""
     doc = (Path(__file__).resolve().parent.parent / "docs" / "scale.md").read_text()
-    row = next(line for line in doc.splitlines() if line.startswith("| `--nodes 64 "))
-    cells = [cell.strip() for cell in row.strip("|").split("|")]
-    bound = small_storm["over_lower_bound"]
-    links = small_storm["connections_per_node"]
-    assert cells[1] == f"{small_storm['origin_ratio']:.2f}"
-    assert cells[2] == f"{bound['p50']:.2f} / {bound['p99']:.2f} / {bound['max']:.2f}"
-    assert cells[3] == f"{links['p50']:g} / {links['max']}"
-    assert cells[5] == f"{small_storm['cross_rack_ratio']:.1f}x"
+    assert sim.markdown_row(SMALL, small_storm) in doc.splitlines()

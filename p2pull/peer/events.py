@@ -236,10 +236,12 @@ class SessionConfig:
     # Seeds that may give up (Unavailable) before the session gives up too: the blob's seed,
     # then this many successors, one at a time, never every member at once.
     handovers: int = 1
-    # Dials to the seed that may time out before it is suspected and its successor asked
-    # (a seed's saturated uplink can drop handshakes: measured at 48 nodes x 12 Mbit/s, where
-    # one timeout sent 39 leeches to other nodes and a second node fetched a layer).
-    seed_dials: int = 2
+    # Dials to the seed that may time out before it is suspected and its successor asked.
+    # A seed's saturated uplink drops handshakes (a full drop-tail queue): measured at
+    # 48 nodes x 12 Mbit/s, one timeout sent 39 leeches to other nodes, and with two a
+    # successor still fetched a layer again. A dead host mostly answers at once (refused, no
+    # route); a timeout costs the connect timeout (5 s) per dial.
+    seed_dials: int = 4
     # 0: every member asks the seed. n: members form a tree in HRW order (the seed, then n
     # children, n each of theirs, ...) and each asks its parent: nobody has more than n askers.
     fanout: int = 0
