@@ -29,6 +29,7 @@ from agent.service import Agent, free_ports
 from p2pull.imageref import ImageRef
 from p2pull.imagewalk import fetch_blob, resolve
 from p2pull.testing.origin import TestOrigin, tar_layer
+from p2pull.testing.serve import random_bytes
 
 NAME, TAG = "demo/pytorch-cuda", "2.5"
 
@@ -50,7 +51,7 @@ def make_layers(size: int, count: int, *, seed: int) -> list[bytes]:
     rng = random.Random(seed)
     per_layer = max(1, size // count)
     return [
-        tar_layer({f"opt/layer{i}/blob.bin": rng.randbytes(per_layer)}, compress=False)
+        tar_layer({f"opt/layer{i}/blob.bin": random_bytes(rng, per_layer)}, compress=False)
         for i in range(count)
     ]
 

@@ -337,3 +337,11 @@ def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range(
         assert len(chosen) == len(set(chosen)) and set(chosen) == expected
         with pytest.raises(OSError, match="free TCP ports"):
             service.free_ports("127.0.0.1", len(expected) + 1, avoid={avoided})
+
+
+def test_demo_makes_a_single_layer_of_256_mib() -> None:
+    """``random.randbytes`` overflows at 256 MiB: ``p2pull demo --layers 1`` crashed."""
+    from agent.demo import make_layers
+
+    (layer,) = make_layers(256 << 20, 1, seed=1)
+    assert len(layer) > 256 << 20  # the blob and its tar headers

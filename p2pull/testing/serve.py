@@ -62,10 +62,10 @@ def make_content(size: int, *, seed: int, layers: int) -> list[bytes]:
     """``layers`` deterministic random byte strings whose lengths add up to ``size``."""
     rng = random.Random(seed)
     base, extra = divmod(size, layers)
-    return [_randbytes(rng, base + (1 if i < extra else 0)) for i in range(layers)]
+    return [random_bytes(rng, base + (1 if i < extra else 0)) for i in range(layers)]
 
 
-def _randbytes(rng: random.Random, count: int) -> bytes:
+def random_bytes(rng: random.Random, count: int) -> bytes:
     """``rng.randbytes`` in 64 MiB steps (it overflows at 256 MiB)."""
     step = 64 << 20
     return b"".join(rng.randbytes(min(step, count - at)) for at in range(0, count, step))
