@@ -11,6 +11,7 @@ one-way latencies), and the upload slots (the agent's semaphores, as counters).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections import deque
@@ -36,13 +37,16 @@ from p2pull.peer.serving import Serving
 from p2pull.peer.session import BlobSession
 from p2pull.peer.superseed import SuperSeeder
 from p2pull.store.types import chunk_count
+from p2pull.swarm.links import PIECE_SLOTS_PER_LINK
+from p2pull.swarm.node import SwarmConfig
 
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TRIPS = 3  # one-way latencies before a dialed link is up (Hello, Hello + Auth, Auth)
-CONNECT_TIMEOUT = 5.0  # a dial to a dead node fails after this (SwarmConfig.connect_timeout)
-UPLOAD_SLOTS = 4  # SwarmConfig.upload_slots
-LINK_SLOTS = 2  # p2pull.swarm.links.PIECE_SLOTS_PER_LINK
+_AGENT = {f.name: f.default for f in dataclasses.fields(SwarmConfig)}  # the agent's defaults
+CONNECT_TIMEOUT: float = _AGENT["connect_timeout"]  # a dial to a dead node fails after this
+UPLOAD_SLOTS: int = _AGENT["upload_slots"]
+LINK_SLOTS = PIECE_SLOTS_PER_LINK
 FRAME = 8  # bytes of framing per message
 SIZES = {  # encoded sizes of the small messages, by type (measured with p2pull.peer.messages)
     "Have": 111,

@@ -237,12 +237,8 @@ class Scheduler:
         asked_at = self._by_peer.get(peer, {}).get(index)
         if asked_at is not None:
             took = max(0.0, now - asked_at)
-            last = self.piece_seconds
-            self.piece_seconds = took if last is None else last + PIECE_SMOOTHING * (took - last)
-            mine = self._peer_seconds.get(peer)
-            self._peer_seconds[peer] = (
-                took if mine is None else mine + PIECE_SMOOTHING * (took - mine)
-            )
+            self.piece_seconds = _smooth(self.piece_seconds, took)
+            self._peer_seconds[peer] = _smooth(self._peer_seconds.get(peer), took)
         for holder in list(self._by_chunk.get(index, ())):
             self._release(holder, index)
             others.add(holder)
@@ -293,10 +289,8 @@ class Scheduler:
         if self._avoid_until and now >= self._avoid_ends:
             self._avoid_until = {key: t for key, t in self._avoid_until.items() if t > now}
             self._avoid_ends = min(self._avoid_until.values(), default=math.inf)
-        self._wake_at = min(
-            (t for t in self._penalized_until.values() if t > now), default=self._avoid_ends
-        )
-        self._wake_at = min(self._wake_at, self._avoid_ends)
+        penalties = (t for t in self._penalized_until.values() if t > now)
+        self._wake_at = min(min(penalties, default=math.inf), self._avoid_ends)
         out: list[Assignment] = []
         room = self.max_in_flight - self._in_flight if self.max_in_flight else math.inf
         if room <= 0:
@@ -457,3 +451,8 @@ class Scheduler:
         if not free[peer]:
             del free[peer]
         return True
+
+
+def _smooth(last: float | None, value: float) -> float:
+    """``value`` folded into the running estimate ``last`` (None: the first value)."""
+    return value if last is None else last + PIECE_SMOOTHING * (value - last)

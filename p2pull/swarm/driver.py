@@ -173,7 +173,7 @@ class SessionDriver:
             await self.context.links.connect(member)
         except PeerUnreachable as exc:
             timed_out = isinstance(exc.__cause__, trio.TooSlowError)
-            await self.post(ev.DialFailed(member.node_id, str(exc) or "timed out", timed_out))
+            await self.post(ev.DialFailed(member.node_id, str(exc), timed_out))
         else:
             await self.post(ev.LinkUp(member.node_id))
 

@@ -299,7 +299,8 @@ class PeerPool:
             return await self._establish(stream, expect=member.node_id)
         except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             # (broken: the peer closed during the handshake, e.g. at its handshake cap)
-            raise PeerUnreachable(f"cannot reach peer {member.node_id}: {exc}") from exc
+            why = str(exc) or type(exc).__name__  # TooSlowError says nothing itself
+            raise PeerUnreachable(f"cannot reach peer {member.node_id}: {why}") from exc
         finally:
             del self._dialing[member.node_id]
             done.set()
