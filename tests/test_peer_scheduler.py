@@ -379,6 +379,15 @@ class SchedulerMachine(RuleBasedStateMachine):
         for index in set(in_flight_chunks):
             assert in_flight_chunks.count(index) <= self.sched.endgame_duplicates
 
+    @rule()
+    def wakes_only_in_the_future(self) -> None:
+        # What ChunkExchange.request does; the driver then sleeps until next_deadline: one
+        # in the past would be a busy loop.
+        self.sched.expire(now=self.now)
+        self.sched.next_requests(now=self.now)
+        deadline = self.sched.next_deadline()
+        assert deadline is None or deadline > self.now
+
     @precondition(lambda self: bool(self.sched.in_flight()))
     @rule(data=st.data(), have_first=st.booleans())
     def deliver(self, data: st.DataObject, have_first: bool) -> None:
@@ -537,6 +546,21 @@ def test_a_busy_peer_is_asked_again_after_retry_after_not_the_stall_penalty() ->
     scheduler.on_failed("a", 0, now=2.0)  # a plain Reject: the stall penalty
     assert scheduler.next_requests(now=6.9) == []
     assert scheduler.next_requests(now=7.0) == reqs("a:0")
+
+
+def test_a_peer_removed_while_avoided_leaves_no_wake_up_in_the_past() -> None:
+    # The seed answered busy, then died: its avoidance went with it, and so must its wake-up
+    # (the driver sleeps until next_deadline; one in the past spun the agent at full CPU).
+    scheduler = Scheduler(chunk_count=2, stall_penalty=5.0)
+    scheduler.add_peer("seed", bits("11"))
+    scheduler.add_peer("b", bits("00"))
+    assert scheduler.next_requests(now=0.0) == reqs("seed:0 seed:1")
+    scheduler.on_failed("seed", 0, now=1.0, retry_after=0.5)
+    scheduler.remove_peer("seed")
+    for now in (2.0, 3.0):
+        assert scheduler.next_requests(now=now) == []
+        deadline = scheduler.next_deadline()
+        assert deadline is None or deadline > now
 
 
 def test_piece_seconds_follows_how_long_requests_take() -> None:

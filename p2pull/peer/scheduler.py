@@ -214,6 +214,7 @@ class Scheduler:
         self._far.pop(peer, None)
         self._peer_seconds.pop(peer, None)
         self._avoid_until = {key: t for key, t in self._avoid_until.items() if key[0] != peer}
+        self._avoid_ends = min(self._avoid_until.values(), default=math.inf)
         for index in list(self._stale):
             self._discard_stale(peer, index)
         return released
@@ -286,7 +287,7 @@ class Scheduler:
         if not self._dirty and now < self._wake_at:
             return []  # nothing changed since the last call that could allow a request
         self._dirty = False
-        if self._avoid_until and now >= self._avoid_ends:
+        if now >= self._avoid_ends:
             self._avoid_until = {key: t for key, t in self._avoid_until.items() if t > now}
             self._avoid_ends = min(self._avoid_until.values(), default=math.inf)
         penalties = (t for t in self._penalized_until.values() if t > now)
