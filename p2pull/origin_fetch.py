@@ -61,6 +61,12 @@ DEFAULT_RESUME = ResumePolicy()
 OnRetry = Callable[[str, float], None]  # (reason, seconds until the retry)
 
 
+# A stream reads on through at most this many bytes of chunks it need not fetch (peers have
+# them, or are sending them) to the next one it must: a stream given up loses the bytes already
+# on their way (the socket's receive window, megabytes on a fast link) and a round trip.
+READ_THROUGH = 4 * 1024 * 1024
+
+
 def _next_needed(blob: StoredBlob, start: int, wanted: Wanted | None) -> int | None:
     """The first chunk from ``start`` on that is missing and wanted."""
     for index in range(start, blob.bitfield.length):
@@ -106,8 +112,10 @@ class OriginFetcher:
         pipeline_depth: int = 2,
         download_limit: RateLimiter = UNLIMITED,
         clock: Callable[[], float] = trio.current_time,
+        read_through: int = READ_THROUGH,
     ) -> None:
         self._clock = clock
+        self._read_through = read_through
         self._store = store
         self._upstreams = upstreams
         self._metrics = metrics
@@ -119,9 +127,11 @@ class OriginFetcher:
     async def fetch(
         self, transfer: Transfer, *, wanted: Wanted | None = None, on_retry: OnRetry | None = None
     ) -> None:
-        """Fill the transfer's missing chunks from the origin; with ``wanted``, only those it
-        says yes to (asked again at every chunk boundary, so chunks that arrive meanwhile from
-        elsewhere end the stream and the next request starts at the next wanted gap).
+        """Fill the transfer's missing chunks from the origin; with ``wanted``, those it says
+        yes to (asked again at every chunk boundary). A stream reads on through up to
+        ``read_through`` bytes of chunks it need not fetch (storing those not held by then);
+        a longer run, or chunks that arrive meanwhile from elsewhere, end it, and the next
+        request starts at the next wanted gap.
         ``on_retry(reason, delay)`` is told of each retry before its wait."""
         upstream = self._upstreams.for_namespace(transfer.ns)
         name = transfer.name
@@ -219,6 +229,8 @@ class OriginFetcher:
             nonlocal store_error
             async with receive:
                 async for index, chunk in receive:
+                    if blob.bitfield.has(index):
+                        continue  # read through: it came from a peer meanwhile
                     try:
                         transfer.sources[index] = "origin"  # before readers can see it
                         await blob.write_chunk(index, chunk)
@@ -255,15 +267,15 @@ class OriginFetcher:
                         except ValueError as exc:
                             raise UpstreamError(f"{transfer.digest}: {exc}") from exc
                         for chunk in chunks:
-                            await send.send(chunk)
+                            if not blob.bitfield.has(chunk[0]):
+                                await send.send(chunk)
                         upcoming = assembler.next_index
-                        if (
-                            chunks
-                            and upcoming < blob.bitfield.length
-                            and _next_needed(blob, upcoming, wanted) != upcoming
-                        ):
-                            stopped = True  # the next chunk is present or not wanted: stop here
-                            break
+                        if chunks and upcoming < blob.bitfield.length:
+                            needed = _next_needed(blob, upcoming, wanted)
+                            gap = None if needed is None else (needed - upcoming) * blob.chunk_size
+                            if gap is None or gap > self._read_through:
+                                stopped = True  # what comes next is present or not wanted
+                                break
                 except UpstreamError as exc:
                     stream_error = exc
         if store_error is not None:

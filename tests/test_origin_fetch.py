@@ -37,7 +37,9 @@ async def test_fetches_only_wanted_runs(
     blob = await store.open(digest, size=len(data))
     transfer = Transfer(digest, blob, ns=None, name="a/b")
     landed = transfer.subscribe()
-    fetcher = OriginFetcher(store=store, upstreams=FixedUpstreams(upstream), metrics=Metrics())
+    fetcher = OriginFetcher(
+        store=store, upstreams=FixedUpstreams(upstream), metrics=Metrics(), read_through=0
+    )
     with trio.fail_after(10):
         await fetcher.fetch(transfer, wanted=lambda index: index in wanted_chunks)
     assert set(blob.bitfield.present()) == wanted_chunks
@@ -67,9 +69,54 @@ async def test_chunks_arriving_from_elsewhere_end_the_stream(tmp_path: Path) -> 
         offset, length = blob.chunk_span(index)
         await blob.write_chunk(index, data[offset : offset + length])
     transfer = Transfer(digest, blob, ns=None, name="a/b")
-    fetcher = OriginFetcher(store=store, upstreams=FixedUpstreams(upstream), metrics=Metrics())
+    fetcher = OriginFetcher(
+        store=store, upstreams=FixedUpstreams(upstream), metrics=Metrics(), read_through=0
+    )
     with trio.fail_after(10):
         await fetcher.fetch(transfer)
     await blob.seal()
     assert [start for _, start in upstream.opens] == [0, 6 * CHUNK]
     assert upstream.bytes_sent == 6 * CHUNK
+
+
+@pytest.mark.parametrize(
+    ("read_through", "expected_opens", "sent_chunks"),
+    [
+        pytest.param(2 * CHUNK, [0], 10, id="gap-read-through"),
+        pytest.param(2 * CHUNK - 1, [0, 6 * CHUNK], 8, id="gap-too-long"),
+    ],
+)
+async def test_a_short_run_of_unneeded_chunks_is_read_through(
+    read_through: int, expected_opens: list[int], sent_chunks: int
+) -> None:
+    # Giving a stream up loses what is on its way; a run of up to read_through bytes that
+    # peers have is cheaper to read on through (what is held already is not written again).
+    data = random.Random(5).randbytes(10 * CHUNK)
+    upstream = MemoryUpstream(piece=16 * 1024)
+    digest = upstream.add_blob(data)
+    store = MemoryStore(chunk_size=CHUNK)
+    blob = await store.open(digest, size=len(data))
+    held = {4, 5}
+    for index in held:
+        offset, length = blob.chunk_span(index)
+        await blob.write_chunk(index, data[offset : offset + length])
+    transfer = Transfer(digest, blob, ns=None, name="a/b")
+    landed = transfer.subscribe()
+    fetcher = OriginFetcher(
+        store=store,
+        upstreams=FixedUpstreams(upstream),
+        metrics=Metrics(),
+        read_through=read_through,
+    )
+    with trio.fail_after(10):
+        await fetcher.fetch(transfer, wanted=lambda index: index not in held)
+    assert [start for _, start in upstream.opens] == expected_opens
+    assert upstream.bytes_sent == sent_chunks * CHUNK
+    got = set()
+    while True:
+        try:
+            got.add(landed.receive_nowait())
+        except trio.WouldBlock:
+            break
+    assert got == set(range(10)) - held  # the held chunks were not stored again
+    await blob.seal()
