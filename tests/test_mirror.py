@@ -411,7 +411,11 @@ async def test_a_rotted_chunk_of_a_partial_blob_is_fetched_again_in_the_same_pul
         response = await m.client.get(f"/v2/{NAME}/blobs/{digest}")
         assert m.store.chunks_lost == 1
     assert response.status_code == 200 and response.content == data
-    assert sorted(start for _, start in upstream.opens) == [2 * CHUNK, 7 * CHUNK]
+    # the rotted chunk and the missing tail, nothing else: one stream from chunk 2 (reading
+    # the held chunks 3-6 through, origin_fetch.READ_THROUGH) when the rot is found first,
+    # or the tail's stream and then chunk 2's
+    starts = sorted(start for _, start in upstream.opens)
+    assert starts in ([2 * CHUNK], [2 * CHUNK, 7 * CHUNK])
 
 
 async def test_partial_blob_resumes_after_restart(tmp_path: Path, upstream: MemoryUpstream) -> None:

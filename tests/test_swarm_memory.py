@@ -5,6 +5,7 @@ milliseconds, and the same seed replays the same message trace."""
 from __future__ import annotations
 
 import collections
+import math
 import random
 from collections.abc import Callable
 from dataclasses import replace
@@ -319,3 +320,34 @@ async def test_a_seed_whose_chunks_are_not_the_blob_is_passed_over_on_the_next_p
         took = await pull_all(swarm, digest, honest)  # the clients try again
         assert len(took) == len(honest)
         assert origin.bytes_sent == len(data)  # the next seed went to the right origin, once
+
+
+async def test_a_session_asking_to_be_woken_in_the_past_does_not_spin_its_node(
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A bug of that kind (a wake-up left in the past) once spun every leech at full CPU and
+    # stalled the storm: the driver sleeps over such a deadline and says so, once per session.
+    from p2pull.peer.session import BlobSession
+
+    deterministic(9)
+    looks = 0
+
+    def in_the_past(self: BlobSession) -> float:
+        nonlocal looks
+        looks += 1
+        if looks > 100_000:
+            raise AssertionError("the driver spins on a deadline in the past")
+        return -math.inf
+
+    monkeypatch.setattr(BlobSession, "next_deadline", in_the_past)
+    origin = MemoryUpstream(rate=100 * MBIT)
+    digest, data = blob(origin, 1 << 20)
+    async with mem_swarm(3, origin=origin, up=100 * MBIT, down=100 * MBIT) as swarm:
+        took = await pull_all(swarm, digest)
+    assert sorted(took) == [0, 1, 2]
+    assert origin.bytes_sent == len(data)
+    stale = [r for r in caplog.records if "woken in the past" in r.getMessage()]
+    assert stale and all(r.levelname == "ERROR" for r in stale)
+    assert len(stale) <= 3  # once per session

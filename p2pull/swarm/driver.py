@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 64  # events handled between two pumps at most
 INBOX = 256
+STALE_WAKE = 0.05  # seconds slept when the session asks to be woken in the past (a bug)
 
 
 class SessionDriver:
@@ -44,6 +45,7 @@ class SessionDriver:
         self._post, self._inbox = trio.open_memory_channel[ev.Event | None](INBOX)
         self._failure: P2pullError | None = None
         self._nursery: trio.Nursery | None = None
+        self._stale_logged = False
 
     async def post(self, event: ev.Event | None) -> None:
         """Put ``event`` in the inbox (None: look at the transfer); waits only while it is full
@@ -70,13 +72,31 @@ class SessionDriver:
             nursery.start_soon(self._watch_blob)
             await self._feed(None)  # a partial blob from an earlier run is known at once
             await self._execute(session.start(now=clock()))
+            await self._execute(session.pump(now=clock()))  # a deadline is asked after a pump
             while not session.ended:
-                for event in await self._batch(session.next_deadline()):
+                for event in await self._batch(self._deadline(clock())):
                     await self._feed(event)
                 await self._execute(session.pump(now=clock()))
             nursery.cancel_scope.cancel()
         if session.error is not None:
             raise self._failure or BlobUnavailable(f"{transfer.digest}: {session.error}")
+
+    def _deadline(self, now: float) -> float | None:
+        """The session's next deadline; one already past right after a pump is a bug in the
+        session (it would spin the node's CPU): logged once, and slept over for STALE_WAKE."""
+        deadline = self.session.next_deadline()
+        if deadline is None or deadline > now:
+            return deadline
+        if not self._stale_logged:
+            self._stale_logged = True
+            log.error(
+                "session of %s asks to be woken in the past (%.3f s ago, a bug): "
+                "pumping it every %.2f s instead",
+                self.transfer.digest,
+                now - deadline,
+                STALE_WAKE,
+            )
+        return now + STALE_WAKE
 
     async def _batch(self, deadline: float | None) -> list[ev.Event | None]:
         """The events queued (up to BATCH: Haves come in bursts, one pump serves them all) once
