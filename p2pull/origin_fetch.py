@@ -230,7 +230,7 @@ class OriginFetcher:
             async with receive:
                 async for index, chunk in receive:
                     if blob.bitfield.has(index):
-                        continue  # read through: it came from a peer meanwhile
+                        continue  # read through, or it came from a peer meanwhile
                     try:
                         transfer.sources[index] = "origin"  # before readers can see it
                         await blob.write_chunk(index, chunk)
@@ -267,13 +267,14 @@ class OriginFetcher:
                         except ValueError as exc:
                             raise UpstreamError(f"{transfer.digest}: {exc}") from exc
                         for chunk in chunks:
-                            if not blob.bitfield.has(chunk[0]):
-                                await send.send(chunk)
+                            await send.send(chunk)
                         upcoming = assembler.next_index
                         if chunks and upcoming < blob.bitfield.length:
                             needed = _next_needed(blob, upcoming, wanted)
-                            gap = None if needed is None else (needed - upcoming) * blob.chunk_size
-                            if gap is None or gap > self._read_through:
+                            if (
+                                needed is None
+                                or (needed - upcoming) * blob.chunk_size > self._read_through
+                            ):
                                 stopped = True  # what comes next is present or not wanted
                                 break
                 except UpstreamError as exc:

@@ -17,6 +17,16 @@ from p2pull.transfer import Transfer
 CHUNK = 64 * 1024
 
 
+def drain(channel: trio.MemoryReceiveChannel[int]) -> set[int]:
+    """The chunk indices a transfer's subscription has received so far."""
+    got = set()
+    while True:
+        try:
+            got.add(channel.receive_nowait())
+        except trio.WouldBlock:
+            return got
+
+
 @pytest.mark.parametrize(
     ("wanted_chunks", "expected_opens"),
     [
@@ -46,13 +56,7 @@ async def test_fetches_only_wanted_runs(
     assert [start for _, start in upstream.opens] == expected_opens
     wanted_bytes = sum(blob.chunk_span(i)[1] for i in wanted_chunks)
     assert upstream.bytes_sent == wanted_bytes
-    got = set()
-    while True:
-        try:
-            got.add(landed.receive_nowait())
-        except trio.WouldBlock:
-            break
-    assert got == wanted_chunks
+    assert drain(landed) == wanted_chunks
     for index in wanted_chunks:
         offset, length = blob.chunk_span(index)
         assert await blob.read(offset, length) == data[offset : offset + length]
@@ -112,11 +116,5 @@ async def test_a_short_run_of_unneeded_chunks_is_read_through(
         await fetcher.fetch(transfer, wanted=lambda index: index not in held)
     assert [start for _, start in upstream.opens] == expected_opens
     assert upstream.bytes_sent == sent_chunks * CHUNK
-    got = set()
-    while True:
-        try:
-            got.add(landed.receive_nowait())
-        except trio.WouldBlock:
-            break
-    assert got == set(range(10)) - held  # the held chunks were not stored again
+    assert drain(landed) == set(range(10)) - held  # the held chunks were not stored again
     await blob.seal()
