@@ -23,6 +23,7 @@ from p2pull.peer.messages import (
     Hello,
     Interested,
     Message,
+    Passing,
     Peers,
     Piece,
     Purge,
@@ -68,6 +69,7 @@ CODES = {
     Purge: 12,
     Push: 13,
     Waiting: 14,
+    Passing: 15,
 }
 
 SAMPLES: list[tuple[str, Message]] = [
@@ -94,6 +96,7 @@ SAMPLES: list[tuple[str, Message]] = [
     ("purge", Purge(D)),
     ("push", Push(D, 7, H)),
     ("waiting", Waiting(D, "origin unavailable: retrying in 4 s")),
+    ("passing", Passing(D, "no room in the store")),
 ]
 
 
@@ -165,6 +168,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Reject, digests, uints, st.text(max_size=1024)),
     st.builds(Unavailable, digests, st.text(max_size=1024)),
     st.builds(Waiting, digests, st.text(max_size=1024)),
+    st.builds(Passing, digests, st.text(max_size=1024)),
     st.builds(Bye, st.text(max_size=1024)),
 )
 

@@ -18,17 +18,24 @@ def leech(config: SessionConfig) -> tuple[BlobSession, Membership, list[str]]:
     probe.update_source("static", members, now=0.0)
     order = [m.node_id for m in probe.ranking(DIGEST, now=0.0)[0]]
     me = Member.parse(order[-1])  # the last in HRW order: never the seed nor its successor
-    membership = Membership(self_member=me)
+    session = session_of(me.node_id, members, config)
+    return session, session.node.membership, order
+
+
+def session_of(
+    node_id: str, members: list[Member], config: SessionConfig, *, linked: bool = False
+) -> BlobSession:
+    """The blob's session on ``node_id`` among ``members`` (``linked``: to every peer)."""
+    membership = Membership(self_member=Member.parse(node_id))
     membership.update_source("static", members, now=0.0)
     serving = Serving(
         slots=4,
         superseed=SuperSeeder(copies=1, window=15.0),
         latecomers=Latecomers(window=60.0),
-        linked=lambda peer: False,
+        linked=lambda peer: linked,
     )
-    node = NodeContext(me.node_id, membership, serving, config)
-    session = BlobSession(digest=DIGEST, name="lib/image", ns=None, node=node)
-    return session, membership, order
+    node = NodeContext(node_id, membership, serving, config)
+    return BlobSession(digest=DIGEST, name="lib/image", ns=None, node=node)
 
 
 def dials(actions: list[object]) -> list[str]:

@@ -87,6 +87,9 @@ class BlobOpened:
     chunk_size: int
     have: Bitfield
     hashes: tuple[bytes | None, ...]
+    # The store had no room: the blob passes through to the local reader in a window of memory
+    # (``p2pull.store.window``), never kept, never served.
+    passing: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +230,9 @@ class SessionConfig:
     max_in_flight: int = 0  # chunks on their way from all peers together before asking more
     request_timeout: float = 30.0  # a 4 MiB piece behind a few others on a slow uplink
     window: int = 4  # chunks from the one a local reader waits on, asked for first
+    # What a node whose store has no room for a blob holds of it in memory at once: the chunks
+    # from the one its reader sends next (the only ones it asks for); see pass_window.
+    pass_window_bytes: int = 8 << 20
     peers_handout: int = 32
     info_timeout: float = 15.0  # the seed's BlobInfo, or any progress, within this
     busy_retry: float = 0.5  # before asking a peer that answered "busy" for that chunk again
@@ -256,6 +262,10 @@ class SessionConfig:
     # cross-rack bytes from 6.1x to 2.4x the racks' share and makes the slowest 1.79x the
     # bound instead of 1.36x; docs/scale.md).
     far_wait: float = 0.0
+
+    def pass_window(self, chunk_size: int) -> int:
+        """Chunks of ``chunk_size`` a blob passed through holds at most (two at least)."""
+        return max(2, self.pass_window_bytes // chunk_size)
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ class ChunkExchange:
         out: list[Action],
         near: Callable[[str], bool] | None = None,
         far_wait: float = 0.0,
+        passing: bool = False,
     ) -> None:
         self.digest = digest
         self.size = size
@@ -66,7 +67,11 @@ class ChunkExchange:
             salt=salt,
             near=near,
             far_wait=far_wait,
+            window_only=passing,
         )
+        # chunks from the reader's asked first (passing through, p2pull.store.window: the only
+        # ones asked)
+        self.window = config.pass_window(chunk_size) if passing else config.window
         for index in self.have.present():
             self.scheduler.have(index)  # held before this swarm began: BlobInfo tells them
         self._writing: set[tuple[str, int]] = set()
@@ -236,7 +241,7 @@ class ChunkExchange:
         gone is forgotten instead."""
         scheduler = self.scheduler
         if reader is not None:
-            scheduler.set_window(reader, min(reader + self.config.window, self.have.length))
+            scheduler.set_window(reader, min(reader + self.window, self.have.length))
         for stale in scheduler.expire(now=now):
             self._send(stale.peer, Cancel(self.digest, stale.index))
         for assignment in scheduler.next_requests(now=now):

@@ -164,6 +164,16 @@ class Waiting:
 
 
 @dataclass(frozen=True, slots=True)
+class Passing:
+    """The sender passes this blob through to its reader without keeping it (its store has no
+    room): it holds none of it and serves none. Send it Haves, not pushes; do not name it in
+    Peers; do not take it for the blob's seed. ``reason``: why (for logs)."""
+
+    digest: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Bye:
     reason: str
 
@@ -175,7 +185,9 @@ class Purge:
     digest: str
 
 
-_Blobs: TypeAlias = Interested | BlobInfo | Have | Push | Peers | Unavailable | Waiting | Purge
+_Blobs: TypeAlias = (
+    Interested | BlobInfo | Have | Push | Peers | Unavailable | Waiting | Passing | Purge
+)
 _Chunks: TypeAlias = Request | Piece | Cancel | Reject
 Message: TypeAlias = Hello | Auth | _Blobs | _Chunks | Bye
 
@@ -314,6 +326,7 @@ _KINDS: dict[type, _Kind] = {
     Purge: _kind(12, Purge, _digest),
     Push: _kind(13, Push, _digest, _index, _sha256),
     Waiting: _kind(14, Waiting, _digest, _reason),
+    Passing: _kind(15, Passing, _digest, _reason),
 }
 _BY_CODE: dict[int, _Kind] = {kind.code: kind for kind in _KINDS.values()}
 HELLO_CODE = _KINDS[Hello].code

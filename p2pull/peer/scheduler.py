@@ -18,6 +18,10 @@ longest outstanding) and the first copy to arrive makes ``on_piece`` return the 
 A chunk a peer pushes unasked (``pushed``) counts as requested from it, and requests for it
 elsewhere are returned to cancel.
 
+With ``window_only`` (a blob passed through in a bounded window of memory) only the reader
+window's chunks are asked for or taken pushed, and the endgame is the window's: every missing
+chunk of it in flight.
+
 ``expire`` releases requests at or past ``request_timeout`` and penalizes their peers (no new
 requests for ``stall_penalty`` seconds). Everything is deterministic: the same calls in the same
 order give the same answers, whatever the dicts' insertion order.
@@ -58,6 +62,7 @@ class Scheduler:
         salt: bytes = b"",
         near: Callable[[str], bool] | None = None,
         far_wait: float = 0.0,
+        window_only: bool = False,
     ) -> None:
         if max_in_flight_per_peer < 1 or endgame_duplicates < 1 or max_in_flight < 0:
             raise ValueError(
@@ -115,6 +120,9 @@ class Scheduler:
         self._avoid_until: dict[tuple[str, int], float] = {}  # (peer, index) that failed lately
         self._avoid_ends = math.inf  # the earliest of those avoidances ends then
         self._window = range(0)
+        # Only the window's chunks are asked for (or taken pushed): a blob passed through to its
+        # reader in a bounded window of memory (p2pull.store.window); its endgame is the window's.
+        self.window_only = window_only
         # next_requests recomputes only after a change that can allow a new request, or once a
         # penalty or avoidance ends: the swarm loop calls it after every event (every Have).
         self._dirty = True
@@ -182,6 +190,7 @@ class Scheduler:
             peer not in self._peers
             or self._have.has(index)
             or len(self._by_peer[peer]) >= PUSHES_PER_PEER * self.max_in_flight_per_peer
+            or (self.window_only and index not in self._window)
         ):
             return None
         others = sorted(self._by_chunk.get(index, ()))
@@ -383,11 +392,16 @@ class Scheduler:
         offer: set[int] = set().union(*(self._useful[peer] for peer in free))
         offer.difference_update(in_flight)
         yield from (i for i in window if i in offer)
+        if self.window_only:
+            return
         rank = self._tie_rank
         rest = sorted(offer, key=lambda i: (availability[i], rank[i]))  # rarest, then tie order
         yield from (i for i in rest if i not in window)
 
     def _in_endgame(self) -> bool:
+        if self.window_only:
+            wanted = [i for i in self._window if i in self._missing]
+            return bool(wanted) and all(i in self._by_chunk for i in wanted)
         missing = self.chunk_count - self._have.count
         return missing > 0 and len(self._by_chunk) == missing
 

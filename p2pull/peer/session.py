@@ -65,6 +65,7 @@ from p2pull.peer.messages import (
     Interested,
     LocalProtocolError,
     Message,
+    Passing,
     Peers,
     Piece,
     Push,
@@ -79,6 +80,7 @@ from p2pull.store.types import chunk_count
 log = logging.getLogger(__name__)
 
 NOBODY: frozenset[str] = frozenset()
+PASSING = "no room in its store: passing the blob through to its reader"
 
 
 class BlobSession:
@@ -103,6 +105,10 @@ class BlobSession:
         self.error: str | None = None
         self.members: set[str] = set()  # peers that asked us for updates (we send them Haves)
         self.asked: set[str] = set()  # peers we sent Interested to
+        # This node passes the blob through (BlobOpened.passing): it asks only for its reader's
+        # window, never announces, serves or seeds. ``passers``: peers that told us they do.
+        self.passing = False
+        self.passers: set[str] = set()
         self.chunks: ChunkExchange | None = None  # once the size is known
         self.relay = Relay()
         self._waiting_info: set[str] = set()  # asked us before we knew the size
@@ -258,6 +264,9 @@ class BlobSession:
         a ``fanout``, this node's parent in the tree those members form in HRW order."""
         seed = self._upstream(now)
         if seed.node_id == self.node.node_id:
+            if self.passing:  # it cannot fetch what it cannot keep: its reader goes elsewhere
+                self._fail("no peer left to pass it through from")
+                return
             self._become_seed(now)
             return
         self._to(Phase.LOCATING)
@@ -268,8 +277,8 @@ class BlobSession:
 
     def _upstream(self, now: float) -> Member:
         membership, fanout, me = self.node.membership, self.config.fanout, self.node.node_id
-        passed = self._gave_up | self._distrusted
-        if fanout <= 0:
+        passed = self._gave_up | self._distrusted | self.passers
+        if fanout <= 0 or self.passing:
             return membership.seed_for(self.digest, now=now, excluding=passed)
         ranked, places = membership.ranking(self.digest, now=now)
         if passed:
@@ -330,11 +339,16 @@ class BlobSession:
             self.seed_id = event.peer
             self._seed_asked_at = self._progress_at = now
             self._to(Phase.LEECHING if self.chunks is not None else Phase.ASKING)
-            self._send(event.peer, Interested(self.digest, self.name, self.ns))
-            self.asked.add(event.peer)
+            self._ask(event.peer)
         elif event.peer not in self.asked and event.peer not in self.bad:
-            self.asked.add(event.peer)
-            self._send(event.peer, Interested(self.digest, self.name, self.ns))
+            self._ask(event.peer)
+
+    def _ask(self, peer: str) -> None:
+        """Join ``peer``'s swarm of the blob (and tell it this node only passes it through)."""
+        self.asked.add(peer)
+        self._send(peer, Interested(self.digest, self.name, self.ns))
+        if self.passing:
+            self._send(peer, Passing(self.digest, PASSING))
 
     def _on_dial_failed(self, event: DialFailed, now: float) -> None:
         self._dial_ended(event.peer)
@@ -375,7 +389,10 @@ class BlobSession:
             out=self._out,
             near=self._near if racked else None,
             far_wait=0.0 if leader is None else self.config.far_wait,
+            passing=event.passing,
         )
+        if event.passing:
+            self._pass_through()
         if leader is not None and leader.node_id not in self.asked:
             self._dial(leader)  # its chunks come in near
         if self.phase is Phase.OPENING:
@@ -387,6 +404,16 @@ class BlobSession:
             peer, info = self._pending_info
             self._pending_info = None
             self._on_info(peer, info, now)
+
+    def _pass_through(self) -> None:
+        """From now on, only pass the blob through: tell every peer (they stop pushing to us,
+        naming us in Peers and taking us for a seed), and keep no members."""
+        log.info("%s: %s", self.digest[:19], PASSING)
+        self.passing = True
+        self._reader = 0  # the window begins at the start; the reader moves it on
+        for peer in sorted(self.asked | self.members):
+            self._send(peer, Passing(self.digest, PASSING))
+        self.members.clear()
 
     def _on_failed(self, event: Failed, now: float) -> None:
         if not (self.seeding or self.phase is Phase.OPENING):
@@ -404,6 +431,9 @@ class BlobSession:
         sha256 = self._exchange(event).on_stored(event.peer, event.index, now=now)
         if sha256 is None:
             return
+        if self.passing:
+            self._progress_at = now
+            return  # held for its reader only: nobody is told
         small = len(self.members) <= self.config.relay_up_to
         if event.peer == self.seed_id and not self.seeding and small:
             self.relay.from_seed(event.index)  # ours to relay to every member
@@ -424,7 +454,7 @@ class BlobSession:
         ]
         pushed = self.relay.push_out(
             index,
-            lacking,
+            [peer for peer in lacking if peer not in self.passers],
             seeding=self.seeding,
             from_origin=from_origin,
             push=lambda peer: self._try_push(peer, push, now),
@@ -460,6 +490,7 @@ class BlobSession:
     def _on_gone(self, peer: str, now: float) -> None:
         self.members.discard(peer)
         self.asked.discard(peer)
+        self.passers.discard(peer)
         if self.chunks is not None:
             self.chunks.remove(peer)
         if peer == self.seed_id and not self.seeding:
@@ -481,6 +512,8 @@ class BlobSession:
             self._seed_asked_at = self._progress_at = now  # it is at it: keep waiting for it
         elif isinstance(message, Unavailable) and from_seed and not self.seeding:
             self._seed_gave_up(peer, message.reason, now)
+        elif isinstance(message, Passing):
+            self._on_passing(peer, now)
         elif chunks is None:
             return  # chunk traffic before we know the blob: nothing to do with it yet
         elif isinstance(message, Have):
@@ -494,7 +527,19 @@ class BlobSession:
         elif isinstance(message, Reject):
             chunks.on_reject(peer, message, now=now)
 
+    def _on_passing(self, peer: str, now: float) -> None:
+        """``peer`` passes the blob through: Haves only; and if we took it for the seed (its
+        successor, after the seed died), the next one."""
+        self.passers.add(peer)
+        if peer in (self.seed_id, self._seed_dial) and not self.seeding:
+            log.info("%s passes %s through: choosing the next seed", peer, self.digest[:19])
+            self.seed_id = None
+            self._locate(now)
+
     def _on_interested(self, peer: str) -> None:
+        if self.passing:
+            self._send(peer, Passing(self.digest, PASSING))
+            return
         self.members.add(peer)
         if self.chunks is None:
             self._waiting_info.add(peer)
@@ -507,8 +552,7 @@ class BlobSession:
             if sample:
                 self._send(peer, peers_message(self.digest, sample))
         elif peer not in self.asked:
-            self._send(peer, Interested(self.digest, self.name, self.ns))
-            self.asked.add(peer)
+            self._ask(peer)
 
     def _rack_leader(self, now: float) -> Member | None:
         """This rack's first member in the blob's HRW order (None: this node is it): it
@@ -516,7 +560,8 @@ class BlobSession:
         ranked, _ = self.node.membership.ranking(self.digest, now=now)
         rack, me = self.node.rack, self.node.node_id
         for member in ranked:
-            if member.node_id not in self._gave_up and rack(member.node_id) == rack(me):
+            passed = member.node_id in self._gave_up or member.node_id in self.passers
+            if not passed and rack(member.node_id) == rack(me):
                 return None if member.node_id == me else member
         return None
 
@@ -527,7 +572,9 @@ class BlobSession:
         """Members to name to ``asker``: ``peers_handout`` at random, all but a quarter of
         them in its rack when racks are known (its chunks then mostly come from there, and
         each rack's uplink carries a chunk about once)."""
-        others = sorted(m for m in self.members if m != asker and m not in self.bad)
+        others = sorted(
+            m for m in self.members if m != asker and m not in self.bad and m not in self.passers
+        )
         count = min(len(others), self.config.peers_handout)
         rack = self.node.rack
         near = [m for m in others if rack(m) == rack(asker)]
