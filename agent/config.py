@@ -209,7 +209,8 @@ def add_agent_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str])
         "--min-free-disk",
         default="2GiB",
         help="low-disk guard: evict LRU blobs to keep this free; if nothing can go, new blobs "
-        "pass through from the origin uncached (verified; ranges answered 503)",
+        "pass through uncached from peers (8 MiB of memory per blob) or the origin (verified; "
+        "ranges answered 503)",
     )
     opt("--upload-rate", default="0", help="bytes/s to all peers together (0: unlimited)")
     opt(

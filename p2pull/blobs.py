@@ -144,7 +144,7 @@ class BlobService:
                     )
                 blob = transfer.blob
             except StoreFull as exc:
-                log.warning("not caching %s: %s; passing it through", digest, exc)
+                log.warning("not caching %s: %s; passing it through from the origin", digest, exc)
                 return await self._pass_through(ns, name, digest)
             except P2pullError:
                 again = refetch(transfer)
@@ -152,7 +152,13 @@ class BlobService:
                     raise
                 transfer = again
                 continue
-            return BlobReader(blob=blob, transfer=transfer, store=self._store, refetch=refetch)
+            return BlobReader(
+                blob=blob,
+                transfer=transfer,
+                store=self._store,
+                refetch=refetch,
+                pass_through=lambda: self._pass_through(ns, name, digest),
+            )
         assert transfer is not None and transfer.error is not None
         raise transfer.error
 

@@ -167,7 +167,8 @@ class Metrics:
         )
         self.passthrough_blobs = Counter(
             "p2pull_passthrough_blobs",
-            "Blobs served straight from the origin without caching (store full / low disk)",
+            "Blobs served without caching (store full): from peers in a window of memory, or "
+            "from the origin",
             registry=r,
         )
         self.peers_known = Gauge(

@@ -216,7 +216,10 @@ class Mirror:
         byte_range = parse_range(range_header, size=reader.size)
         partial = byte_range is not None and byte_range.length != reader.size
         prefetch = request.header(PREFETCH_HEADER) is not None
-        if isinstance(reader, PassThroughReader) and partial:
+        passing = isinstance(reader, PassThroughReader) or (
+            isinstance(reader, BlobReader) and reader.passing
+        )
+        if passing and partial:
             raise StoreFull(f"{digest}: the store is full and a range cannot be verified")
         if byte_range is None:
             headers = self._blob_headers(digest, reader.size, reader.size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -11,6 +12,9 @@ import trio
 from p2pull.errors import BlobUnavailable, ChunkLost, P2pullError, StoreFull
 from p2pull.reference import Digest
 from p2pull.store.types import BlobStore, ByteSink, StoredBlob
+from p2pull.store.window import WindowBlob
+
+log = logging.getLogger(__name__)
 
 
 class Transfer:
@@ -30,6 +34,8 @@ class Transfer:
         self._waiting: dict[int, int] = {}  # chunk index -> readers waiting for it
         self._wanted_changed = trio.Event()
         self.sources: dict[int, str] = {}  # chunk index -> where it came from, this transfer
+        # A blob passed through (p2pull.store.window): the chunk its one reader sends next.
+        self.reading: int | None = None
 
     def notify(self) -> None:
         """Anything may have changed (size known, sealed, failed): wake every waiter."""
@@ -60,8 +66,16 @@ class Transfer:
 
     @property
     def wanted_index(self) -> int | None:
-        """The lowest chunk a local reader is waiting on (the swarm fetches it first)."""
+        """The lowest chunk a local reader is waiting on (the swarm fetches it first); for a
+        blob passed through, the one its reader sends next, waiting or not."""
+        if self.reading is not None:
+            return self.reading
         return min(self._waiting) if self._waiting else None
+
+    def read_to(self, index: int) -> None:
+        """The reader of a blob passed through sends chunk ``index`` next."""
+        self.reading = index
+        self._wanted_moved()
 
     async def wait_wanted(self, last: int | None) -> int | None:
         """Wait until ``wanted_index`` is other than ``last``, and return it."""
@@ -134,6 +148,7 @@ class BlobReader:
         transfer: Transfer | None,
         store: BlobStore,
         refetch: Refetch | None = None,
+        pass_through: Callable[[], Awaitable[Sendable]] | None = None,
     ) -> None:
         self.blob = blob
         self.digest = blob.digest
@@ -142,6 +157,12 @@ class BlobReader:
         self._store = store
         self._refetch = refetch
         self._refetches = 0
+        self._pass_through = pass_through  # from the origin: a second reader of a WindowBlob
+
+    @property
+    def passing(self) -> bool:
+        """The blob passes through in a window of memory: one whole read, never a range."""
+        return isinstance(self.blob, WindowBlob)
 
     @property
     def local(self) -> bool:
@@ -156,11 +177,50 @@ class BlobReader:
         on_sent: Callable[[str, int], None] = lambda source, count: None,
     ) -> None:
         """Send a range; ``on_sent(source, count)`` after each piece ("local" for chunks that
-        were in the store before this transfer, else where the transfer got them)."""
+        were in the store before this transfer, else where the transfer got them). A blob
+        passed through is read by one reader, whole; another gets it from the origin."""
+        blob = self.blob
+        if not isinstance(blob, WindowBlob):
+            await self._send(sink, offset=offset, length=length, on_sent=on_sent)
+            return
+        if blob.claim(offset, length):
+            sent = 0
+
+            def counted(source: str, count: int) -> None:
+                nonlocal sent
+                sent += count
+                on_sent(source, count)
+
+            try:
+                await self._send(sink, offset=offset, length=length, on_sent=counted)
+                return
+            except P2pullError as exc:
+                if sent or self._pass_through is None:
+                    raise  # the response is cut short; its client asks again
+                why = f"no peer passed it through ({exc})"
+            finally:
+                blob.release()
+        elif self._pass_through is None or offset != 0 or length != blob.size:
+            raise StoreFull(f"{self.digest}: the store is full; ranges are not passed through")
+        else:
+            why = "another reader takes it from peers"
+        log.warning("not caching %s: %s; passing it through from the origin", self.digest, why)
+        reader = await self._pass_through()
+        await reader.send(sink, offset=offset, length=length, on_sent=on_sent)
+
+    async def _send(
+        self,
+        sink: ByteSink,
+        *,
+        offset: int,
+        length: int,
+        on_sent: Callable[[str, int], None],
+    ) -> None:
         blob = self.blob
         end = offset + length
         with self._store.pin(blob.digest):
-            self._store.touch(blob.digest)
+            if not self.passing:  # not in the store: nothing to keep from eviction
+                self._store.touch(blob.digest)
             while offset < end:
                 index = offset // blob.chunk_size
                 if self.transfer is not None:
@@ -198,8 +258,8 @@ class BlobReader:
     def _follow(self, failed: Transfer | None) -> bool:
         """Switch to the transfer ``refetch`` names instead of ``failed`` (see Refetch); False
         if there is none to follow."""
-        if self._refetch is None or self._refetches >= MAX_REFETCHES:
-            return False
+        if self._refetch is None or self._refetches >= MAX_REFETCHES or self.passing:
+            return False  # a blob passed through has its one transfer: another has another blob
         self._refetches += 1
         transfer = self._refetch(failed)
         if transfer is None and failed is not None:
@@ -259,7 +319,11 @@ class PendingReader:
                     f"{self.digest}: {blob.size} bytes, but its manifest said {self.size}"
                 )
             reader = BlobReader(
-                blob=blob, transfer=transfer, store=self._store, refetch=self._refetch
+                blob=blob,
+                transfer=transfer,
+                store=self._store,
+                refetch=self._refetch,
+                pass_through=self._pass_through,
             )
             break
         else:

@@ -16,6 +16,7 @@ from p2pull.peer.events import BlobOpened, NodeContext
 from p2pull.peer.messages import Message, Push
 from p2pull.ratelimit import UNLIMITED, RateLimiter
 from p2pull.store.types import BlobStore, StoredBlob
+from p2pull.store.window import WindowBlob
 
 
 class Links(Protocol):
@@ -43,7 +44,8 @@ def opened(blob: StoredBlob) -> BlobOpened:
     """The ``BlobOpened`` event that describes ``blob`` as the store holds it."""
     have = blob.bitfield.copy()
     hashes = tuple(blob.chunk_hash(i) if have.has(i) else None for i in range(have.length))
-    return BlobOpened(blob.size, blob.chunk_size, have, hashes)
+    passing = isinstance(blob, WindowBlob)
+    return BlobOpened(blob.size, blob.chunk_size, have, hashes, passing=passing)
 
 
 __all__ = ["DriverContext", "Links", "opened"]

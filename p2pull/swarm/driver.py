@@ -17,12 +17,14 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from p2pull.errors import BlobUnavailable, ChunkMismatch, P2pullError
+from p2pull.errors import BlobUnavailable, ChunkMismatch, P2pullError, StoreFull
 from p2pull.membership import Member
 from p2pull.origin_fetch import OriginFetcher
 from p2pull.peer import events as ev
 from p2pull.peer.messages import Interested
 from p2pull.peer.session import BlobSession
+from p2pull.store.types import StoredBlob
+from p2pull.store.window import WindowBlob
 from p2pull.swarm.context import DriverContext, opened
 from p2pull.swarm.links import PeerUnreachable
 from p2pull.transfer import Transfer
@@ -32,6 +34,9 @@ log = logging.getLogger(__name__)
 BATCH = 64  # events handled between two pumps at most
 INBOX = 256
 STALE_WAKE = 0.05  # seconds slept when the session asks to be woken in the past (a bug)
+# A blob passed through (p2pull.store.window) whose reader has not begun within this is given
+# up: its window would otherwise stay full and its session wait forever.
+CLAIM_WITHIN = 30.0
 
 
 class SessionDriver:
@@ -80,6 +85,9 @@ class SessionDriver:
             nursery.cancel_scope.cancel()
         if session.error is not None:
             raise self._failure or BlobUnavailable(f"{transfer.digest}: {session.error}")
+        if not session.ended:  # cancelled by _watch_window
+            assert self._failure is not None
+            raise self._failure
 
     def _deadline(self, now: float) -> float | None:
         """The session's next deadline; one already past right after a pump is a bug in the
@@ -158,14 +166,57 @@ class SessionDriver:
 
     async def _open(self, size: int, chunk_size: int) -> ev.Event:
         transfer = self.transfer
+        blob: StoredBlob
         try:
             blob = await self.context.store.open(transfer.digest, size=size, chunk_size=chunk_size)
+        except StoreFull as exc:
+            if self.session.seeding:  # it cannot seed what it cannot keep: the next seed does
+                self._failure = exc
+                return ev.Failed(str(exc))
+            blob = self._window(exc, size, chunk_size)
         except P2pullError as exc:
             self._failure = exc
             return ev.Failed(str(exc))
         transfer.blob = blob
         transfer.notify()
         return opened(blob)
+
+    def _window(self, full: StoreFull, size: int, chunk_size: int) -> WindowBlob:
+        """The blob the store has no room for, passed through from peers in a window of memory
+        (p2pull.store.window)."""
+        transfer, window = self.transfer, self.context.node.config.pass_window(chunk_size)
+        log.warning(
+            "not caching %s: %s; passing it through from peers (%d chunks in memory)",
+            transfer.digest,
+            full,
+            window,
+        )
+        blob = WindowBlob(
+            transfer.digest,
+            size=size,
+            chunk_size=chunk_size,
+            window=window,
+            on_read=transfer.read_to,
+        )
+        self.context.metrics.passthrough_blobs.inc()
+        transfer.read_to(0)
+        self._spawn(self._watch_window, blob)
+        return blob
+
+    async def _watch_window(self, blob: WindowBlob) -> None:
+        """End the session of a blob passed through once its one reader is gone (or never
+        came): nothing else would ever move its window."""
+        with trio.move_on_after(CLAIM_WITHIN):
+            await blob.claimed.wait()
+        if blob.claimed.is_set():
+            await blob.released.wait()
+            reason = "its reader went away"
+        else:
+            reason = f"no reader began within {CLAIM_WITHIN:.0f} s"
+        if not self.session.ended:
+            self._failure = BlobUnavailable(f"{self.transfer.digest} (passed through): {reason}")
+            assert self._nursery is not None
+            self._nursery.cancel_scope.cancel()
 
     async def _write(self, write: ev.WritePiece) -> ev.Event:
         transfer, metrics = self.transfer, self.context.metrics
