@@ -51,6 +51,7 @@ class SessionDriver:
         self._failure: P2pullError | None = None
         self._nursery: trio.Nursery | None = None
         self._stale_logged = False
+        self._late_interest: list[ev.Event] = []  # Interested the ended session never saw
 
     async def post(self, event: ev.Event | None) -> None:
         """Put ``event`` in the inbox (None: look at the transfer); waits only while it is full
@@ -120,22 +121,28 @@ class SessionDriver:
         return batch
 
     def unhandled_interest(self) -> list[str]:
-        """Peers whose Interested is still in the inbox (once the session has ended)."""
-        left: list[str] = []
+        """Peers whose Interested the session never saw (once it has ended): those that came
+        in the batch it ended in, and those still in the inbox."""
+        left = [peer for event in self._late_interest if (peer := _interest(event)) is not None]
         while True:
             try:
                 event = self._inbox.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 return left
-            if isinstance(event, ev.PeerMessage) and isinstance(event.message, Interested):
-                left.append(event.peer)
+            peer = _interest(event)
+            if peer is not None:
+                left.append(peer)
 
     async def _feed(self, event: ev.Event | None) -> None:
         session, blob = self.session, self.transfer.blob
         if not session.sized and blob is not None and not session.ended:
             await self._execute(session.handle(opened(blob), now=self.context.clock()))
-        if event is not None and not session.ended:
+        if event is None:
+            return
+        if not session.ended:
             await self._execute(session.handle(event, now=self.context.clock()))
+        elif _interest(event) is not None:
+            self._late_interest.append(event)  # after the end in the same batch: see below
 
     async def _execute(self, actions: list[ev.Action]) -> None:
         for action in actions:
@@ -284,6 +291,13 @@ class SessionDriver:
             with contextlib.suppress(P2pullError):
                 await self.transfer.wait_blob()
                 await self.post(None)
+
+
+def _interest(event: ev.Event | None) -> str | None:
+    """The peer whose Interested ``event`` is, if it is one."""
+    if isinstance(event, ev.PeerMessage) and isinstance(event.message, Interested):
+        return event.peer
+    return None
 
 
 __all__ = ["SessionDriver"]
