@@ -51,7 +51,7 @@ class SessionDriver:
         self._failure: P2pullError | None = None
         self._nursery: trio.Nursery | None = None
         self._stale_logged = False
-        self._late_interest: list[ev.Event] = []  # Interested the ended session never saw
+        self._late_interest: list[str] = []  # peers whose Interested the ended session never saw
 
     async def post(self, event: ev.Event | None) -> None:
         """Put ``event`` in the inbox (None: look at the transfer); waits only while it is full
@@ -123,7 +123,7 @@ class SessionDriver:
     def unhandled_interest(self) -> list[str]:
         """Peers whose Interested the session never saw (once it has ended): those that came
         in the batch it ended in, and those still in the inbox."""
-        left = [peer for event in self._late_interest if (peer := _interest(event)) is not None]
+        left = list(self._late_interest)
         while True:
             try:
                 event = self._inbox.receive_nowait()
@@ -141,8 +141,8 @@ class SessionDriver:
             return
         if not session.ended:
             await self._execute(session.handle(event, now=self.context.clock()))
-        elif _interest(event) is not None:
-            self._late_interest.append(event)  # after the end in the same batch: see below
+        elif (peer := _interest(event)) is not None:
+            self._late_interest.append(peer)  # came in the batch the session ended in
 
     async def _execute(self, actions: list[ev.Action]) -> None:
         for action in actions:
