@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
+DEFAULT_MIN_CHUNKS = 128
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -50,6 +51,7 @@ class AgentConfig:
     standalone: bool = False  # no swarm, on purpose (--standalone)
     credentials_file: Path | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    min_chunks: int = DEFAULT_MIN_CHUNKS
     store_quota: int = 0
     min_free_disk: int = 2 << 30
     upload_rate: int = 0
@@ -200,6 +202,12 @@ def add_agent_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str])
         "swarm, larger ones cost less CPU per byte (docs/benchmarks.md)",
     )
     opt(
+        "--min-chunks",
+        default=str(DEFAULT_MIN_CHUNKS),
+        help="a new blob that would have fewer chunks gets finer ones (the chunk size halved, "
+        "not below 256KiB): a small layer still pipelines through many nodes",
+    )
+    opt(
         "--store-quota",
         default="0",
         help="disk quota of the store, e.g. 200GiB (0: none); least recently used complete "
@@ -333,6 +341,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = N
         standalone=standalone,
         credentials_file=Path(args.credentials) if args.credentials else None,
         chunk_size=chunk_size,
+        min_chunks=_positive(args.min_chunks, "--min-chunks"),
         store_quota=parse_size(args.store_quota),
         min_free_disk=parse_size(args.min_free_disk),
         upload_rate=parse_size(args.upload_rate),

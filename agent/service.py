@@ -188,6 +188,7 @@ class Agent:
         )
         self.store = store
         store.min_free_bytes = config.min_free_disk
+        store.min_chunks = config.min_chunks
         store.on_evict = self.metrics.store_evictions.inc
         store.on_chunk_lost = self.metrics.store_chunks_lost.inc
         self.download_limit = RateLimiter(config.download_rate)

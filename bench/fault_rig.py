@@ -20,8 +20,10 @@ from typing import Any
 import msgpack
 import trio
 
+from agent.config import DEFAULT_MIN_CHUNKS
 from bench.agents import METRICS_PORT, MIRROR_PORT, PEER_PORT, SECRET, AgentLog, agent_argv
 from p2pull.membership import Member, rank
+from p2pull.store.types import chunk_size_for
 from tests.netns import Host, Network, iface_counters
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,7 +183,9 @@ class Rig:
         env: dict[str, str],
         log_level: str = "INFO",
     ) -> None:
-        self.net, self.nursery, self.size, self.chunk_size = net, nursery, size, chunk_size
+        self.net, self.nursery, self.size = net, nursery, size
+        self.agent_chunk_size = chunk_size  # the agents' --chunk-size
+        self.chunk_size = chunk_size_for(size, chunk_size, DEFAULT_MIN_CHUNKS)  # the blob's
         self.log_level = log_level
         self.workdir, self.env = workdir, env
         self.logdir = workdir / "logs"
@@ -218,7 +222,7 @@ class Rig:
         argv = agent_argv(
             node.host, served=self.served, data_dir=node.data_dir, secret=self.secret,
             discovery=["--discovery", "static", "--peers", peers],
-            chunk_size=str(self.chunk_size), log_level=self.log_level,
+            chunk_size=str(self.agent_chunk_size), log_level=self.log_level,
         )  # fmt: skip
         node.process = await self.net.start(
             node.host, *argv, *node.extra, env=self.env, stdout=subprocess.DEVNULL,

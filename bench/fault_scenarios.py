@@ -283,7 +283,7 @@ async def drop_link(ctx: Context, *, share: float, seconds: float, rank_index: i
 
 
 async def hostile_peer(ctx: Context, *, mode: str) -> None:
-    """A peer with the cluster secret that dials every agent half a second into the storm and
+    """A peer with the cluster secret that dials every agent a tenth of a second into the storm and
     misbehaves (``bench/hostile_peer.py``)."""
     rig = ctx.rig
     host = rig.spare[0]
@@ -292,7 +292,7 @@ async def hostile_peer(ctx: Context, *, mode: str) -> None:
         "--agents", ",".join(f"{n.host.ip}:{PEER_PORT}" for n in rig.nodes),
         "--secret-file", str(rig.secret), "--digest", rig.digest, "--size", str(rig.size),
         "--chunk-size", str(rig.chunk_size), "--name", NAME, "--ns", rig.served["netloc"],
-        "--start-at", f"{ctx.start_at + 0.5:.3f}", "--content-seed", str(CONTENT_SEED),
+        "--start-at", f"{ctx.start_at + 0.1:.3f}", "--content-seed", str(CONTENT_SEED),
     ]  # fmt: skip
     with (rig.logdir / "hostile.log").open("wb") as log:
         ctx.hostile = await rig.net.start(

@@ -17,7 +17,9 @@ from typing import Any
 
 import trio
 
+from agent.config import DEFAULT_MIN_CHUNKS
 from bench.floor_node import HTTP_PORT
+from p2pull.store.types import chunk_size_for
 from tests.netns import Network, read_json_line
 
 NODE = Path(__file__).resolve().parent / "floor_node.py"
@@ -38,6 +40,9 @@ async def start_floor(
     one listens. The harness kills them at teardown."""
     nodes = net.hosts[1:]
     everyone = ",".join(host.ip for host in nodes)
+    # each layer in the chunks an agent with this --chunk-size (and the default --min-chunks)
+    # would give it
+    chunk_sizes = [chunk_size_for(size, chunk_size, DEFAULT_MIN_CHUNKS) for size in served["sizes"]]
     processes = []
     for host in nodes:
         argv = [
@@ -45,7 +50,8 @@ async def start_floor(
             "--nodes", everyone, "--origin", served["url"], "--name", name,
             "--digests", ",".join(served["digests"]),
             "--sizes", ",".join(str(size) for size in served["sizes"]),
-            "--store", str(workdir / f"node{host.index}"), "--chunk-size", str(chunk_size),
+            "--chunk-sizes", ",".join(str(c) for c in chunk_sizes),
+            "--store", str(workdir / f"node{host.index}"),
         ]  # fmt: skip
         with (logdir / f"floor{host.index}.log").open("wb") as err:
             processes.append(

@@ -15,7 +15,7 @@ product: a floor.
 Standard library only.
 
     floor_node.py --me IP --seed IP --nodes IP,IP,... --origin URL --name NAME \
-        --digests D1,D2,... --sizes S1,S2,... --store DIR [--chunk-size BYTES]
+        --digests D1,D2,... --sizes S1,S2,... --chunk-sizes C1,C2,... --store DIR
 
 Prints ``{"ready": true}`` once it listens (HTTP on 5050, chunks on 5051); runs until killed.
 """
@@ -77,8 +77,13 @@ class Node:
         self.name = args.name
         os.makedirs(args.store, exist_ok=True)
         self.blobs = [
-            Blob(d, int(s), args.chunk_size, args.store)
-            for d, s in zip(args.digests.split(","), args.sizes.split(","), strict=True)
+            Blob(d, int(s), int(c), args.store)
+            for d, s, c in zip(
+                args.digests.split(","),
+                args.sizes.split(","),
+                args.chunk_sizes.split(","),
+                strict=True,
+            )
         ]
         self.by_digest = {blob.digest: number for number, blob in enumerate(self.blobs)}
         others = [ip for ip in args.nodes.split(",") if ip and ip != self.me]
@@ -233,8 +238,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for flag in ("--me", "--seed", "--nodes", "--origin", "--name", "--digests", "--sizes"):
         parser.add_argument(flag, required=True)
+    parser.add_argument("--chunk-sizes", required=True, help="each blob's chunk size, in bytes")
     parser.add_argument("--store", required=True)
-    parser.add_argument("--chunk-size", type=int, default=1 << 20)
     Node(parser.parse_args()).run()
 
 

@@ -34,10 +34,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from agent.config import DEFAULT_CHUNK_SIZE, DEFAULT_MIN_CHUNKS  # noqa: E402
 from bench.simnet import Clock, Host, Link, Network  # noqa: E402
 from bench.simnode import Blob, SimNode, World  # noqa: E402
 from p2pull.membership import Member, Membership, rack_of  # noqa: E402
 from p2pull.peer.events import SessionConfig  # noqa: E402
+from p2pull.store.types import chunk_size_for  # noqa: E402
 
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -127,7 +129,8 @@ def build(args: argparse.Namespace) -> World:
     for layer in range(layers):
         digest = "sha256:" + hashlib.sha256(f"{args.seed} layer {layer}".encode()).hexdigest()
         part = size // layers + (size % layers if layer == layers - 1 else 0)
-        world.blobs[digest] = Blob(digest, "sim/image", part, args.chunk_size)
+        chunk_size = chunk_size_for(part, args.chunk_size, args.min_chunks)  # as an agent would
+        world.blobs[digest] = Blob(digest, "sim/image", part, chunk_size)
     world.slow = slow  # type: ignore[attr-defined]
     world.late = set(rng.sample(sorted(set(range(args.nodes))), round(args.late * args.nodes)))  # type: ignore[attr-defined]
     return world
@@ -191,6 +194,8 @@ def report(args: argparse.Namespace, world: World, *, wall: float) -> dict[str, 
         "size": size,
         "layers": args.layers,
         "chunk_size": args.chunk_size,
+        "min_chunks": args.min_chunks,
+        "chunk_sizes": sorted({blob.chunk_size for blob in world.blobs.values()}),
         "rate_gbit": args.rate_gbit,
         "origin_rate_gbit": args.origin_rate_gbit,
         "rack": args.rack,
@@ -233,7 +238,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=100)
     p.add_argument("--size", type=parse_size, default=parse_size("1GiB"))
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--chunk-size", type=parse_size, default=parse_size("1MiB"))
+    p.add_argument("--chunk-size", type=parse_size, default=parse_size(f"{DEFAULT_CHUNK_SIZE}"))
+    p.add_argument(
+        "--min-chunks",
+        type=int,
+        default=DEFAULT_MIN_CHUNKS,
+        help="the agents' --min-chunks: a layer in fewer chunks gets finer ones",
+    )
     p.add_argument("--rate-gbit", type=float, default=25.0, help="each node's link, both ways")
     p.add_argument("--origin-rate-gbit", type=float, default=10.0, help="the origin's uplink")
     p.add_argument("--rack", type=int, default=32, help="nodes per rack")

@@ -77,6 +77,7 @@ async def swarm(
     count: int,
     *,
     chunk_size: int = 1 << 20,
+    min_chunks: int = 1,  # blobs in chunks of exactly ``chunk_size`` unless a test asks
     extra_peers: list[Member] = [],  # noqa: B006 - read only
     upload_rate: int = 0,
     configure: Callable[[int, AgentConfig], AgentConfig] = lambda index, config: config,
@@ -99,6 +100,7 @@ async def swarm(
                 discovery="static",
                 cluster_secret=SECRET,
                 chunk_size=chunk_size,
+                min_chunks=min_chunks,
                 upload_rate=upload_rate,
                 containerd_config="off",
                 log_level="WARNING",

@@ -39,7 +39,8 @@ async def floor_nodes(
                 "--nodes", f"{SEED},{RELAY},{OTHER}", "--origin", origin.url, "--name", NAME,
                 "--digests", ",".join(str(d) for d in blobs),
                 "--sizes", ",".join(str(len(data)) for data in blobs.values()),
-                "--store", str(tmp_path / ip), "--chunk-size", str(CHUNK),
+                "--chunk-sizes", ",".join(str(CHUNK) for _ in blobs),
+                "--store", str(tmp_path / ip),
             ]  # fmt: skip
             run = functools.partial(trio.run_process, argv, stdout=subprocess.PIPE, check=False)
             process = await nursery.start(run)

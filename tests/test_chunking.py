@@ -1,4 +1,5 @@
-"""ChunkAssembler: any split of a stream gives back exactly the chunks of the blob."""
+"""ChunkAssembler: any split of a stream gives back exactly the chunks of the blob; and the
+chunk size a new blob gets (chunk_size_for)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pull.chunking import ChunkAssembler
+from p2pull.store.types import FINEST_CHUNK, chunk_count, chunk_size_for
+
+KiB, MiB = 1 << 10, 1 << 20
 
 
 @st.composite
@@ -52,3 +56,38 @@ def test_bytes_past_the_size_are_refused() -> None:
 def test_a_new_assembler_starts_on_a_chunk_boundary() -> None:
     with pytest.raises(ValueError):
         ChunkAssembler(size=10, chunk_size=4, start=3)
+
+
+@pytest.mark.parametrize(
+    ("size", "chunk_size", "min_chunks", "expected"),
+    [
+        (128 * MiB, MiB, 128, MiB),  # enough chunks already
+        (64 * MiB, MiB, 128, 512 * KiB),
+        (32 * MiB, MiB, 128, 256 * KiB),
+        (16 * MiB, MiB, 128, 256 * KiB),  # 64 chunks: not finer than FINEST_CHUNK
+        (5 * MiB, 4 * MiB, 8, 512 * KiB),
+        (10 * MiB, MiB, 1, MiB),  # min_chunks 1: the configured size
+        (MiB, 128 * KiB, 128, 128 * KiB),  # a configured size finer than FINEST_CHUNK stays
+        (0, MiB, 128, MiB),  # an empty blob has no chunks to split
+    ],
+)
+def test_chunk_size_for(size: int, chunk_size: int, min_chunks: int, expected: int) -> None:
+    assert chunk_size_for(size, chunk_size, min_chunks) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    size=st.integers(0, 1 << 36),
+    chunk_size=st.sampled_from([64 * KiB, 256 * KiB, MiB, 4 * MiB, 64 * MiB]),
+    min_chunks=st.integers(1, 4096),
+)
+def test_chunk_size_for_halves_only_while_too_few_chunks(
+    size: int, chunk_size: int, min_chunks: int
+) -> None:
+    got = chunk_size_for(size, chunk_size, min_chunks)
+    assert got <= chunk_size and chunk_size % got == 0
+    assert got >= min(chunk_size, FINEST_CHUNK)
+    if got < chunk_size:  # halved: the coarser size before it had too few chunks
+        assert chunk_count(size, got * 2) < min_chunks
+    if size and got // 2 >= FINEST_CHUNK:  # could have halved again: it did not need to
+        assert chunk_count(size, got) >= min_chunks

@@ -529,7 +529,10 @@ async def test_restarted_agent_resumes_partial_blob_with_range_request(
             proxy = CuttingProxy(registry.port, cut_after=CUT_AFTER)
             await services.start(proxy.run)
             config = agent_config(
-                data_dir, upstreams=[f"{registry.host}={proxy.url}"], chunk="1MiB"
+                data_dir,
+                upstreams=[f"{registry.host}={proxy.url}"],
+                chunk="1MiB",
+                extra=["--min-chunks", "1"],  # chunks of exactly 1 MiB: CUT_AFTER counts them
             )
             path = f"/v2/{REPO}/blobs/{digest}"
 

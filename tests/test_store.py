@@ -399,6 +399,28 @@ async def test_reopen_same_size_resumes(store_factory: StoreFactory) -> None:
         assert again.chunk_hash(2) == sha256(chunk(data, 2))
 
 
+async def test_min_chunks_makes_a_new_small_blob_finer(store_factory: StoreFactory) -> None:
+    """A blob opened without a chunk size gets finer chunks while it would have fewer than
+    ``min_chunks``; one opened with the swarm's chunk size keeps that, and so does a partial
+    blob reopened later."""
+    with trio.fail_after(DEADLINE):
+        store = await store_factory(chunk_size=1 << 20)
+        store.min_chunks = 16
+        small, _ = make_data(10, seed=1)
+        blob = await store.open(Digest.of(b"two MiB"), size=2 << 20)
+        assert blob.chunk_size == 256 << 10 and blob.bitfield.length == 8  # not below 256 KiB
+        blob = await store.open(Digest.of(b"sixteen MiB"), size=16 << 20)
+        assert blob.chunk_size == 1 << 20
+        blob = await store.open(Digest.of(b"four MiB"), size=4 << 20)
+        assert blob.chunk_size == 256 << 10
+        swarm = await store.open(Digest.of(b"from the swarm"), size=4 << 20, chunk_size=1 << 20)
+        assert swarm.chunk_size == 1 << 20
+        store.min_chunks = 1
+        again = await store.open(Digest.of(b"four MiB"), size=4 << 20)
+        assert again is blob and again.chunk_size == 256 << 10
+        assert (await store.open(small, size=10)).chunk_size == 1 << 20
+
+
 async def test_reopen_with_other_size_restarts(store_factory: StoreFactory) -> None:
     with trio.fail_after(DEADLINE):
         store = await store_factory()

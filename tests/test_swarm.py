@@ -11,6 +11,7 @@ import httpx
 import pytest
 import trio
 
+from agent.config import DEFAULT_MIN_CHUNKS
 from p2pull.membership import Member, rank
 from p2pull.peer.messages import BlobInfo, Interested, Peers
 from p2pull.peer.wire import Authenticated
@@ -24,13 +25,18 @@ NAME = "team/model"
 
 
 async def test_five_agents_pull_one_blob_at_once_origin_sends_it_once(tmp_path: Path) -> None:
+    """With the agent's default chunking: the 64 MiB blob is split finer than the 1 MiB
+    --chunk-size (chunk_size_for), by the seed, and every node stores it in the seed's chunks."""
     data = random.Random(5).randbytes(64 << 20)
     origin = TestOrigin()
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
             await nursery.start(origin.run)
             digest = origin.add_blob(NAME, data)
-            async with swarm(tmp_path, origin, 5) as nodes, httpx.AsyncClient(timeout=60) as http:
+            async with (
+                swarm(tmp_path, origin, 5, min_chunks=DEFAULT_MIN_CHUNKS) as nodes,
+                httpx.AsyncClient(timeout=60) as http,
+            ):
                 results: list[bytes] = []
 
                 async def pull(node_index: int) -> None:
@@ -57,6 +63,7 @@ async def test_five_agents_pull_one_blob_at_once_origin_sends_it_once(tmp_path: 
                     assert node.agent.store is not None
                     blob = node.agent.store.lookup(digest)
                     assert blob is not None and blob.complete
+                    assert blob.chunk_size == 512 << 10
             nursery.cancel_scope.cancel()
 
 

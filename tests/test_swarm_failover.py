@@ -23,16 +23,18 @@ import httpx
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.config import DEFAULT_CHUNK_SIZE, DEFAULT_MIN_CHUNKS
 from p2pull.membership import Member, rank
 from p2pull.reference import Digest
+from p2pull.store.types import chunk_size_for
 from p2pull.testing.origin import TestOrigin
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "team/failover"
 NODES = 5
-CHUNK = 1 << 20
 SIZE = 56 << 20
+CHUNK = chunk_size_for(SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_MIN_CHUNKS)  # what the agents pick
 RATE = 16 << 20  # origin bytes/s per response: ~3.5 s for the whole blob
 KILL_AT = 0.4  # kill the seed once the origin has sent this share of the blob
 SECRET = b"failover-cluster-secret-0123456789abcdef"
@@ -71,7 +73,7 @@ class AgentProcess:
             "--peers", peers,
             "--discovery", "static",
             "--cluster-secret-file", str(secret),
-            "--chunk-size", f"{CHUNK}",
+            "--chunk-size", f"{DEFAULT_CHUNK_SIZE}",
             "--log-level", "INFO",
             "--log-format", "text",
         ]  # fmt: skip

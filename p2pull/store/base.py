@@ -19,7 +19,7 @@ import trio
 from p2pull.bitfield import Bitfield
 from p2pull.errors import ChunkLost, ChunkMismatch, DigestMismatch, StoreError, StoreFull
 from p2pull.reference import Digest
-from p2pull.store.types import ByteSink, chunk_count
+from p2pull.store.types import ByteSink, chunk_count, chunk_size_for
 
 log = logging.getLogger(__name__)
 
@@ -333,6 +333,7 @@ class StoreBase:
         self.chunks_lost = 0  # chunks that failed their check when read back, and were dropped
         self.on_chunk_lost: Callable[[], None] = lambda: None
         self.min_free_bytes = 0  # the low-disk guard: never fill the disk past this
+        self.min_chunks = 1  # new blobs get finer chunks down to this count (chunk_size_for)
         self.free_bytes: Callable[[], int] | None = None
 
     def lookup(self, digest: Digest) -> BlobBase | None:
@@ -446,7 +447,10 @@ class StoreBase:
                 await self.remove(digest)
             await self._make_room(size)
             blob = await self._create(
-                digest, size=size, media_type=media_type, chunk_size=chunk_size or self.chunk_size
+                digest,
+                size=size,
+                media_type=media_type,
+                chunk_size=chunk_size or chunk_size_for(size, self.chunk_size, self.min_chunks),
             )
             self._adopt(blob)
             self.touch(digest)

@@ -14,9 +14,23 @@ from typing import Protocol
 from p2pull.bitfield import Bitfield
 from p2pull.reference import Digest
 
+FINEST_CHUNK = 256 * 1024  # chunk_size_for never goes below this
+
 
 def chunk_count(size: int, chunk_size: int) -> int:
     return max(1, -(-size // chunk_size)) if size else 0
+
+
+def chunk_size_for(size: int, chunk_size: int, min_chunks: int) -> int:
+    """The chunk size of a new blob of ``size`` bytes: ``chunk_size`` halved while the blob
+    would have fewer than ``min_chunks`` chunks, never below FINEST_CHUNK (nor below a
+    ``chunk_size`` that is already finer). A swarm pipelines a blob chunk by chunk, so a small
+    layer in few chunks leaves most nodes waiting on the first holders of each one; every node
+    with the same settings picks the same size, and a blob's chunk size travels with it
+    (BlobInfo) in any case."""
+    while size and chunk_size // 2 >= FINEST_CHUNK and chunk_count(size, chunk_size) < min_chunks:
+        chunk_size //= 2
+    return chunk_size
 
 
 class ByteSink(Protocol):
@@ -73,6 +87,7 @@ class StoredBlob(Protocol):
 
 class BlobStore(Protocol):
     chunk_size: int
+    min_chunks: int  # a new blob opened without a chunk size gets chunk_size_for(...) chunks
 
     def lookup(self, digest: Digest) -> StoredBlob | None:
         """A complete or partial blob, or None."""
