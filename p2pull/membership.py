@@ -187,13 +187,12 @@ class Membership:
 
     def seed_for(self, digest: str, *, now: float, excluding: Collection[str] = ()) -> Member:
         """The member that fetches ``digest`` from the origin: the live member with the highest
-        HRW score, passing over those in ``excluding`` (seeds that gave up on it; never this
-        node itself)."""
-        me = self.self_member.node_id
+        HRW score, passing over those in ``excluding`` (seeds that gave up on it or whose copy
+        failed its digest, this node's own included); this node if every one is passed over."""
         for member in self._ranked(digest, now):
-            if member.node_id == me or member.node_id not in excluding:
+            if member.node_id not in excluding:
                 return member
-        raise AssertionError("this node is always live")
+        return self.self_member
 
     def successors(self, digest: str, *, now: float) -> list[Member]:
         """Live members in HRW order for ``digest``: the seed, then whoever takes over from it."""

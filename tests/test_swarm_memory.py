@@ -289,10 +289,10 @@ async def test_small_swarms_finish_within_a_hop_of_the_origin(
 async def test_a_seed_whose_chunks_are_not_the_blob_is_passed_over_on_the_next_pull(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """The seed hashes and serves bytes that are not the blob's (an authenticated peer that
-    lies, or one whose origin serves it wrong): every leech's copy fails the whole digest and
-    nothing of it is served whole. The next pulls do not ask that seed again: the next HRW
-    member fetches from the origin, and everyone gets the right bytes."""
+    """The seed hashes and serves bytes that are not the blob's and never says so (an
+    authenticated peer that lies): every leech's copy fails the whole digest and nothing of it
+    is served whole. The next pulls do not ask that seed again: the next HRW member fetches
+    from the origin, and everyone gets the right bytes."""
     deterministic(10)
     origin = MemoryUpstream(rate=50 * MBIT)
     digest, data = blob(origin, 1 << 20)
@@ -304,6 +304,7 @@ async def test_a_seed_whose_chunks_are_not_the_blob_is_passed_over_on_the_next_p
         4, origin=origin, up=50 * MBIT, down=50 * MBIT, origins={liar: lying}
     ) as swarm:
         honest = [node for node in swarm.nodes if node.index != liar]
+        swarm.nodes[liar].node.rejected = lambda digest: None  # type: ignore[method-assign]
         failed: list[str] = []
 
         async def pull(node: MemNode) -> None:
@@ -320,6 +321,49 @@ async def test_a_seed_whose_chunks_are_not_the_blob_is_passed_over_on_the_next_p
         took = await pull_all(swarm, digest, honest)  # the clients try again
         assert len(took) == len(honest)
         assert origin.bytes_sent == len(data)  # the next seed went to the right origin, once
+
+
+async def test_wrong_bytes_from_the_origin_are_fetched_again_by_one_node(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The origin answers the seed with wrong bytes of the right length: every node's copy,
+    the seed's own included, fails the whole digest; a slow node still fetching when the
+    seed's copy failed is told so, drops what it took and fails too (rather than waiting for
+    a seed that no longer holds the chunks). On the clients' retry every node, the seed too,
+    passes that seed over and turns to the same next one: the origin sends the blob once
+    more, not once per node that failed (two fetchers would make it three copies)."""
+    deterministic(11)
+    origin = MemoryUpstream(rate=50 * MBIT)
+    digest, data = blob(origin, 1 << 20)
+    async with mem_swarm(4, origin=origin) as first:
+        seed_index = first.seed_of(digest).index
+    slow = (seed_index + 1) % 4
+    origin.blobs[digest] = bytes(b ^ 0x5A for b in data)  # a broken cache in front of it
+    async with mem_swarm(
+        4, origin=origin, up=50 * MBIT, down=50 * MBIT, rates={slow: (5 * MBIT, 5 * MBIT)}
+    ) as swarm:
+        failed: list[int] = []
+
+        async def pull(node: MemNode) -> None:
+            try:
+                await swarm.pull(node, digest)
+            except Exception:  # the reset a client would see
+                failed.append(node.index)
+
+        async with trio.open_nursery() as nursery:
+            for node in swarm.nodes:
+                nursery.start_soon(pull, node)
+        assert sorted(failed) == [0, 1, 2, 3]
+        seed = swarm.nodes[seed_index]
+        assert seed.value("p2pull_blob_digest_mismatches_total") == 1
+        assert swarm.nodes[slow].value("p2pull_blob_digest_mismatches_total") == 0  # told
+        assert all(node.store.lookup(digest) is None for node in swarm.nodes)  # nothing kept
+        assert origin.bytes_sent == len(data)
+        origin.blobs[digest] = data  # the cache is fixed
+        took = await pull_all(swarm, digest)
+        assert len(took) == 4
+        assert origin.bytes_sent == 2 * len(data)
+        assert seed.value("p2pull_fetched_bytes_total", source="origin") == len(data)
 
 
 async def test_a_session_asking_to_be_woken_in_the_past_does_not_spin_its_node(

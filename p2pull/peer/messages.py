@@ -154,6 +154,12 @@ class Unavailable:
     reason: str
 
 
+# An Unavailable reason: the seed's own copy failed the blob's digest (the origin gave it wrong
+# bytes, or its store did): every chunk it described is suspect, so its members drop what they
+# took from it and end, instead of handing over to the next seed with those chunks.
+UNAVAILABLE_WRONG_COPY = "the seed's copy failed the blob's digest"
+
+
 @dataclass(frozen=True, slots=True)
 class Waiting:
     """The sender seeds this blob and is still at it (the origin is slow, or down and being

@@ -60,6 +60,7 @@ from p2pull.peer.events import (
 )
 from p2pull.peer.exchange import ChunkExchange
 from p2pull.peer.messages import (
+    UNAVAILABLE_WRONG_COPY,
     BlobInfo,
     Have,
     Interested,
@@ -103,6 +104,7 @@ class BlobSession:
         self.seeding = False
         self.seed_id: str | None = None
         self.error: str | None = None
+        self.seed_copy_wrong = False  # ended because the seed's copy failed its digest
         self.members: set[str] = set()  # peers that asked us for updates (we send them Haves)
         self.asked: set[str] = set()  # peers we sent Interested to
         # This node passes the blob through (BlobOpened.passing): it asks only for its reader's
@@ -281,8 +283,9 @@ class BlobSession:
         if fanout <= 0 or self.passing:
             return membership.seed_for(self.digest, now=now, excluding=passed)
         ranked, places = membership.ranking(self.digest, now=now)
-        if passed:
-            kept = [m for m in ranked if m.node_id == me or m.node_id not in passed]
+        if passed:  # passed over: after every other member (this node, if it is passed over)
+            kept = [m for m in ranked if m.node_id not in passed]
+            kept += [m for m in ranked if m.node_id == me and m.node_id in passed]
             ranked, places = tuple(kept), {m.node_id: i for i, m in enumerate(kept)}
         place = places[me]
         return ranked[(place - 1) // fanout] if place else ranked[0]
@@ -511,7 +514,11 @@ class BlobSession:
         elif isinstance(message, Waiting) and from_seed:
             self._seed_asked_at = self._progress_at = now  # it is at it: keep waiting for it
         elif isinstance(message, Unavailable) and from_seed and not self.seeding:
-            self._seed_gave_up(peer, message.reason, now)
+            if message.reason == UNAVAILABLE_WRONG_COPY:
+                self.seed_copy_wrong = True  # the shell drops what it stored of the blob
+                self._fail(f"seed {peer}: {UNAVAILABLE_WRONG_COPY}")
+            else:
+                self._seed_gave_up(peer, message.reason, now)
         elif isinstance(message, Passing):
             self._on_passing(peer, now)
         elif chunks is None:

@@ -23,6 +23,7 @@ from p2pull.peer.events import NodeContext, PeerGone, PeerMessage, SessionConfig
 from p2pull.peer.latecomers import Latecomers
 from p2pull.peer.messages import (
     REJECT_BUSY,
+    UNAVAILABLE_WRONG_COPY,
     Auth,
     BlobInfo,
     Bye,
@@ -132,7 +133,8 @@ class SwarmNode:
             linked=self._linked,
         )
         self.drivers: dict[Digest, SessionDriver] = {}
-        self._last_seed: dict[Digest, str] = {}  # whose hashes the last session of a blob used
+        # whose hashes the last session of a blob used, and its members if this node seeded it
+        self._last_seed: dict[Digest, tuple[str, frozenset[str] | None]] = {}
         self._context = DriverContext(
             node=NodeContext(
                 self.node_id,
@@ -179,10 +181,13 @@ class SwarmNode:
             if self.drivers.get(transfer.digest) is driver:
                 del self.drivers[transfer.digest]
             session = driver.session
-            if session.seed_id is not None and not session.seeding:
-                self._last_seed[transfer.digest] = session.seed_id
+            if session.seed_id is not None:  # this node's own id if it seeded
+                members = frozenset(session.members - session.bad) if session.seeding else None
+                self._last_seed[transfer.digest] = (session.seed_id, members)
                 while len(self._last_seed) > LAST_SEEDS_KEPT:
                     del self._last_seed[next(iter(self._last_seed))]
+            if session.seed_copy_wrong:
+                await self._drop_wrong_copy(transfer.digest)
             self.serving.session_ended(
                 session.digest,
                 session.members - session.bad,
@@ -193,14 +198,35 @@ class SwarmNode:
 
     def rejected(self, digest: Digest) -> None:
         """The blob this node's last session filled failed its digest: its seed described
-        chunks that are not the blob's (a lying or broken peer; the bytes were never served
-        whole). The next session for it passes that seed over."""
-        seed = self._last_seed.pop(digest, None)
-        if seed is not None:
+        chunks that are not the blob's (a lying or broken peer, or the origin gave the seed
+        wrong bytes; they were never served whole). The next session for it passes that seed
+        over, also when the seed was this node: every member of that swarm saw the same
+        failure and turns to the same next seed, so one node goes to the origin again."""
+        seed, members = self._last_seed.pop(digest, (None, None))
+        if seed is None:
+            return
+        if members is not None:  # this node seeded it: its members must not wait for it
+            log.warning(
+                "the bytes this node fetched for %s were wrong: the next seed fetches it", digest
+            )
+            for peer in sorted(members):
+                link = self.pool.link(peer)
+                if link is not None:
+                    link.send(Unavailable(str(digest), UNAVAILABLE_WRONG_COPY))
+        else:
             log.warning(
                 "the chunks %s described for %s were wrong: not asking it again", seed, digest
             )
+        self.serving.distrust(str(digest), seed, now=self.clock())
+
+    async def _drop_wrong_copy(self, digest: Digest) -> None:
+        """The seed said its copy of ``digest`` failed the digest: drop the chunks taken from it
+        (they would fail it here too) and pass it over next time."""
+        seed, _ = self._last_seed.pop(digest, (None, None))
+        log.warning("%s's copy of %s failed its digest: dropping the chunks from it", seed, digest)
+        if seed is not None:
             self.serving.distrust(str(digest), seed, now=self.clock())
+        await self.store.remove(digest)
 
     def _answer_late_interest(self, driver: SessionDriver, digest: Digest) -> None:
         """Peers whose Interested reached the session's inbox after its last look (a small blob
