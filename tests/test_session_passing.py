@@ -24,6 +24,7 @@ from p2pull.peer.events import (
     WritePiece,
 )
 from p2pull.peer.messages import BlobInfo, Have, Interested, Passing, Peers, Piece, Request
+from p2pull.peer.serving import REJECT_SEEDED
 from p2pull.peer.session import BlobSession
 from tests import test_session_seed_dial as seed_dial
 from tests.test_session_seed_dial import DIGEST
@@ -127,3 +128,25 @@ def test_a_passer_is_neither_pushed_to_nor_handed_out() -> None:
         landed = session.handle(ChunkLanded(index, HASHES[index], "origin"), now=3.0 + index)
         pushed |= {action.peer for action in landed if isinstance(action, PushPiece)}
     assert member in pushed and passer not in pushed
+
+
+def test_a_chunk_granted_to_a_peer_that_turns_out_to_pass_is_handed_out_again() -> None:
+    """The seed pushed chunk 0 to a member before it said it passes the blob through; a member
+    that asked meanwhile was refused ("seeded") and leaves the seed alone for that chunk for a
+    while, waiting for a Have the passer never sends. Told, the seed pushes it to a member that
+    lacks it (which passes it on), and a request for it is granted again."""
+    order = hrw_order()
+    session = session_of(order[0])
+    session.start(now=0.0)  # the seed
+    session.handle(BlobOpened(COUNT * CHUNK, CHUNK, Bitfield(COUNT), (None,) * COUNT), now=0.1)
+    passer, member = order[3], order[1]
+    session.handle(PeerMessage(passer, Interested(DIGEST, "lib/image", None)), now=0.2)
+    landed = session.handle(ChunkLanded(0, HASHES[0], "origin"), now=0.3)
+    assert [a.peer for a in landed if isinstance(a, PushPiece)] == [passer]
+    session.handle(PeerMessage(member, Interested(DIGEST, "lib/image", None)), now=0.4)
+    serving = session.node.serving
+    assert serving.request(member, DIGEST, 0, now=0.5) == REJECT_SEEDED
+    actions = session.handle(PeerMessage(passer, Passing(DIGEST, "full")), now=0.6)
+    again = [(a.peer, a.push.index) for a in actions if isinstance(a, PushPiece)]
+    assert again == [(member, 0)]
+    assert serving.request(order[2], DIGEST, 0, now=0.7) == REJECT_SEEDED  # member holds it

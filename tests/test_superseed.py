@@ -96,3 +96,18 @@ def test_a_recipient_that_cancels_frees_its_copy_and_no_other() -> None:
     assert seeder.grant(D, 0, "b", now=0.1, alive=everyone)
     assert not seeder.grant(D, 1, "b", now=0.1, alive=everyone)  # chunk 1 is still a's
     assert seeder.recipients(D, now=0.2, alive=everyone) == ["a", "b"]
+
+
+def test_a_peer_passing_the_blob_through_holds_no_copy() -> None:
+    """A passer (no room in its store) never passes a chunk on: the chunk it was granted before
+    it said so goes to the next requester at once, and what it takes later is not counted."""
+    seeder = SuperSeeder(copies=1, window=15.0)
+    seeder.start(D)
+    assert seeder.grant(D, 0, "passer", now=0.0, alive=everyone)
+    assert seeder.grant(D, 2, "a", now=0.0, alive=everyone)
+    assert seeder.passing(D, "passer") == [0]  # to be handed out again
+    assert seeder.grant(D, 0, "b", now=0.1, alive=everyone)
+    assert seeder.grant(D, 1, "passer", now=0.2, alive=everyone)
+    assert seeder.grant(D, 1, "c", now=0.3, alive=everyone)
+    assert not seeder.grant(D, 1, "d", now=0.4, alive=everyone)  # c holds the one copy
+    assert seeder.recipients(D, now=0.5, alive=everyone) == ["a", "b", "c"]

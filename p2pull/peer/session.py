@@ -467,6 +467,21 @@ class BlobSession:
             if peer not in pushed:
                 self._send(peer, have)
 
+    def _hand_out_again(self, index: int, now: float) -> None:
+        """Push chunk ``index``, granted to a peer that turned out to pass the blob through,
+        to one member that lacks it: the members refused it meanwhile get it from that one
+        (they leave the seed alone for that chunk for a while)."""
+        chunks = self.chunks
+        sha256 = chunks.hashes[index] if chunks is not None else None
+        if chunks is None or sha256 is None or not chunks.have.has(index):
+            return
+        push = Push(self.digest, index, sha256)
+        for peer in sorted(self.members):
+            if peer in self.bad or peer in self.passers or chunks.holds(peer, index):
+                continue
+            if self._try_push(peer, push, now):
+                return
+
     def _try_push(self, peer: str, push: Push, now: float) -> bool:
         serving = self.node.serving
         if not serving.push(peer, self.digest, push.index, seeding=self.seeding, now=now):
@@ -538,6 +553,8 @@ class BlobSession:
         """``peer`` passes the blob through: Haves only; and if we took it for the seed (its
         successor, after the seed died), the next one."""
         self.passers.add(peer)
+        for index in self.node.serving.superseed.passing(self.digest, peer):
+            self._hand_out_again(index, now)
         if peer in (self.seed_id, self._seed_dial) and not self.seeding:
             log.info("%s passes %s through: choosing the next seed", peer, self.digest[:19])
             self.seed_id = None

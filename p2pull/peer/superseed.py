@@ -29,6 +29,7 @@ class SuperSeeder:
         self.window = window
         self._seeding: dict[str, float | None] = {}  # digest -> when seeding ended (None: now)
         self._granted: dict[str, dict[int, list[tuple[float, str]]]] = {}
+        self._passers: dict[str, set[str]] = {}  # peers passing the blob through
 
     def start(self, digest: str) -> None:
         """This node fetches ``digest`` from the origin from now on."""
@@ -42,6 +43,23 @@ class SuperSeeder:
     def forget(self, digest: str) -> None:
         self._seeding.pop(digest, None)
         self._granted.pop(digest, None)
+        self._passers.pop(digest, None)
+
+    def passing(self, digest: str, peer: str) -> list[int]:
+        """``peer`` passes ``digest`` through (no room in its store): what it takes is for its
+        own reader, never passed on, so its grants do not count, those it holds included (kept,
+        each would refuse every other requester that chunk for the rest of the window). Returns
+        the chunks it held a grant for: those refused meanwhile wait for another copy."""
+        if digest not in self._seeding:
+            return []
+        self._passers.setdefault(digest, set()).add(peer)
+        dropped = []
+        for index, grants in sorted(self._granted.get(digest, {}).items()):
+            kept = [(at, holder) for at, holder in grants if holder != peer]
+            if len(kept) < len(grants):
+                dropped.append(index)
+                grants[:] = kept
+        return dropped
 
     def grant(
         self, digest: str, index: int, peer: str, *, now: float, alive: Callable[[str], bool]
@@ -52,6 +70,8 @@ class SuperSeeder:
         if self._lapsed(digest, now):
             self.forget(digest)
             return True
+        if peer in self._passers.get(digest, ()):
+            return True  # a copy for its reader alone: not one of the ``copies``
         chunks = self._granted.setdefault(digest, {})
         recent = [
             (at, holder)
