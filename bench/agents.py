@@ -11,6 +11,7 @@ from typing import Any
 
 import trio
 
+from agent.config import DEFAULT_MIN_CHUNKS
 from tests.netns import Host, Network
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +53,7 @@ def agent_argv(
     secret: Path,
     discovery: list[str],
     chunk_size: str,
+    min_chunks: int = DEFAULT_MIN_CHUNKS,
     log_level: str = "INFO",
     launcher: str | None = None,
 ) -> list[str]:
@@ -64,6 +66,7 @@ def agent_argv(
         "--peer-addr", f"{host.ip}:{PEER_PORT}", "--advertise-addr", host.ip,
         "--data-dir", str(data_dir), "--upstream", f"{served['netloc']}={served['url']}",
         *discovery, "--cluster-secret-file", str(secret), "--chunk-size", chunk_size,
+        "--min-chunks", str(min_chunks),
         "--log-level", log_level, "--log-format", "text",
     ]  # fmt: skip
 
@@ -92,7 +95,8 @@ async def start_agents(
         log = AgentLog(logdir / f"agent{host.index}.log")
         argv = agent_argv(
             host, served=served, data_dir=workdir / f"node{host.index}", secret=secret,
-            discovery=discovery, chunk_size=args.chunk_size, log_level=args.log_level,
+            discovery=discovery, chunk_size=args.chunk_size, min_chunks=args.min_chunks,
+            log_level=args.log_level,
             launcher=args.launcher,
         )  # fmt: skip
         agent = await net.start(

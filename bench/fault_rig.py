@@ -179,13 +179,15 @@ class Rig:
         nodes: int,
         size: int,
         chunk_size: int,
+        min_chunks: int = DEFAULT_MIN_CHUNKS,
         workdir: Path,
         env: dict[str, str],
         log_level: str = "INFO",
     ) -> None:
         self.net, self.nursery, self.size = net, nursery, size
         self.agent_chunk_size = chunk_size  # the agents' --chunk-size
-        self.chunk_size = chunk_size_for(size, chunk_size, DEFAULT_MIN_CHUNKS)  # the blob's
+        self.min_chunks = min_chunks  # the agents' --min-chunks
+        self.chunk_size = chunk_size_for(size, chunk_size, min_chunks)  # the blob's
         self.log_level = log_level
         self.workdir, self.env = workdir, env
         self.logdir = workdir / "logs"
@@ -222,7 +224,8 @@ class Rig:
         argv = agent_argv(
             node.host, served=self.served, data_dir=node.data_dir, secret=self.secret,
             discovery=["--discovery", "static", "--peers", peers],
-            chunk_size=str(self.agent_chunk_size), log_level=self.log_level,
+            chunk_size=str(self.agent_chunk_size), min_chunks=self.min_chunks,
+            log_level=self.log_level,
         )  # fmt: skip
         node.process = await self.net.start(
             node.host, *argv, *node.extra, env=self.env, stdout=subprocess.DEVNULL,

@@ -44,7 +44,7 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.config import parse_size  # noqa: E402
+from agent.config import DEFAULT_MIN_CHUNKS, parse_size  # noqa: E402
 from bench.fault_rig import Rig, now, stored_blobs  # noqa: E402
 from bench.fault_scenarios import SCENARIOS, Context, Scenario, truth_blocks  # noqa: E402
 from bench.swarm_bench import FRAME_OVERHEAD, clean_env, machine_cpu  # noqa: E402
@@ -176,6 +176,7 @@ async def run_scenario(
             ):
                 rig = Rig(
                     net, nursery, nodes=nodes, size=size, chunk_size=args.chunk_size_bytes,
+                    min_chunks=args.min_chunks,
                     workdir=workdir, env=clean_env() | {"PYTHONPATH": str(ROOT)},
                     log_level=args.log_level,
                 )  # fmt: skip
@@ -253,6 +254,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", default="32MiB", help="the blob, where a scenario names none")
     parser.add_argument("--rate-mbit", type=float, default=50.0, help="every link, both ways")
     parser.add_argument("--chunk-size", default="1MiB", help="the agents' --chunk-size")
+    parser.add_argument(
+        "--min-chunks", type=int, default=DEFAULT_MIN_CHUNKS, help="the agents' --min-chunks"
+    )
     parser.add_argument("--log-level", default="INFO", help="the agents' --log-level")
     parser.add_argument("--workdir", default=None, help="parent of the stores and logs")
     parser.add_argument("--keep", action="store_true", help="keep stores and logs")

@@ -33,6 +33,7 @@ async def start_floor(
     served: dict[str, Any],
     name: str,
     chunk_size: int,
+    min_chunks: int = DEFAULT_MIN_CHUNKS,
     logdir: Path,
     env: dict[str, str],
 ) -> list[trio.Process]:
@@ -40,9 +41,8 @@ async def start_floor(
     one listens. The harness kills them at teardown."""
     nodes = net.hosts[1:]
     everyone = ",".join(host.ip for host in nodes)
-    # each layer in the chunks an agent with this --chunk-size (and the default --min-chunks)
-    # would give it
-    chunk_sizes = [chunk_size_for(size, chunk_size, DEFAULT_MIN_CHUNKS) for size in served["sizes"]]
+    # each layer in the chunks an agent with these --chunk-size and --min-chunks would give it
+    chunk_sizes = [chunk_size_for(size, chunk_size, min_chunks) for size in served["sizes"]]
     processes = []
     for host in nodes:
         argv = [

@@ -60,7 +60,7 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.config import parse_size  # noqa: E402
+from agent.config import DEFAULT_MIN_CHUNKS, parse_size  # noqa: E402
 from bench.agents import MIRROR_PORT, agent_metrics, start_agents  # noqa: E402
 from bench.bittorrent import Swarm, bittorrent_missing  # noqa: E402
 from bench.central import start_cache  # noqa: E402
@@ -232,7 +232,8 @@ async def run_on(
         elif strategy == "floor":
             agents = await start_floor(
                 net, workdir=workdir / strategy, served=served, name=NAME,
-                chunk_size=parse_size(args.chunk_size), logdir=logdir, env=env,
+                chunk_size=parse_size(args.chunk_size), min_chunks=args.min_chunks,
+                logdir=logdir, env=env,
             )  # fmt: skip
             targets, query = [f"http://{h.ip}:{FLOOR_PORT}" for h in nodes], ""
         else:
@@ -411,6 +412,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--discovery", choices=("static", "mdns"), default="static")
     parser.add_argument("--chunk-size", default="1MiB", help="the agents' --chunk-size")
+    parser.add_argument(
+        "--min-chunks",
+        type=int,
+        default=DEFAULT_MIN_CHUNKS,
+        help="the agents' --min-chunks (the floor chunks each layer the same way)",
+    )
     parser.add_argument("--log-level", default="INFO", help="the agents' --log-level")
     parser.add_argument("--py-spy", default=None, help="record agents with py-spy into DIR")
     parser.add_argument(
