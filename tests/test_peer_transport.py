@@ -4,6 +4,7 @@ then what only the in-memory one models: link rates and latency, in simulated ti
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from p2pull.swarm.transport import Handler, PeerTransport, TcpTransport
+from p2pull.swarm.transport import NOTSENT_LOWAT, Handler, PeerTransport, TcpTransport
 from p2pull.testing.peernet import PeerNet
 from tests.ports import free_port
 
@@ -209,3 +210,24 @@ async def test_two_senders_share_the_receivers_downlink(
         await both.wait()
         nursery.cancel_scope.cancel()
     assert max(finished) == pytest.approx(4.0, abs=0.02)  # 4 MiB through one 1 MiB/s downlink
+
+
+async def test_tcp_peer_sockets_queue_little_unsent() -> None:
+    """Both ends of a peer connection bound what they hold unsent (TCP_NOTSENT_LOWAT): bytes a
+    seed counts as uploaded are on the wire, not in a send buffer that dies with it."""
+    accepted: list[int] = []
+
+    async def handler(stream: trio.abc.Stream) -> None:
+        assert isinstance(stream, trio.SocketStream)
+        accepted.append(stream.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT))
+        await stream.send_all(b"x")
+
+    with trio.fail_after(10):
+        async with tcp() as pair:
+            port = await pair.serve(handler)
+            client = await pair.client.connect(pair.host, port)
+            assert isinstance(client, trio.SocketStream)
+            assert await client.receive_some(1) == b"x"
+            lowat = client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
+            assert (lowat, accepted) == (NOTSENT_LOWAT, [NOTSENT_LOWAT])
+            await client.aclose()
