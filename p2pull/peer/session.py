@@ -450,11 +450,7 @@ class BlobSession:
         if from_origin:
             self._origin_trouble = None  # it answers again
         push = Push(self.digest, index, sha256)
-        lacking = [  # not to those that hold it: they need nothing from us
-            peer
-            for peer in sorted(self.members)
-            if peer not in self.bad and not self.chunks.holds(peer, index)
-        ]
+        lacking = self._lacking(index)
         pushed = self.relay.push_out(
             index,
             [peer for peer in lacking if peer not in self.passers],
@@ -467,6 +463,13 @@ class BlobSession:
             if peer not in pushed:
                 self._send(peer, have)
 
+    def _lacking(self, index: int) -> list[str]:
+        """Members (not dropped) that do not hold chunk ``index``, sorted: those that hold it
+        need nothing from us."""
+        assert self.chunks is not None
+        holds = self.chunks.holds
+        return [p for p in sorted(self.members) if p not in self.bad and not holds(p, index)]
+
     def _hand_out_again(self, index: int, now: float) -> None:
         """Push chunk ``index``, granted to a peer that turned out to pass the blob through,
         to one member that lacks it: the members refused it meanwhile get it from that one
@@ -476,10 +479,8 @@ class BlobSession:
         if chunks is None or sha256 is None or not chunks.have.has(index):
             return
         push = Push(self.digest, index, sha256)
-        for peer in sorted(self.members):
-            if peer in self.bad or peer in self.passers or chunks.holds(peer, index):
-                continue
-            if self._try_push(peer, push, now):
+        for peer in self._lacking(index):
+            if peer not in self.passers and self._try_push(peer, push, now):
                 return
 
     def _try_push(self, peer: str, push: Push, now: float) -> bool:

@@ -181,13 +181,13 @@ class SwarmNode:
             if self.drivers.get(transfer.digest) is driver:
                 del self.drivers[transfer.digest]
             session = driver.session
-            if session.seed_id is not None:  # this node's own id if it seeded
+            if session.seed_copy_wrong and session.seed_id is not None:
+                await self._drop_wrong_copy(transfer.digest, session.seed_id)
+            elif session.seed_id is not None:  # this node's own id if it seeded
                 members = frozenset(session.members - session.bad) if session.seeding else None
                 self._last_seed[transfer.digest] = (session.seed_id, members)
                 while len(self._last_seed) > LAST_SEEDS_KEPT:
                     del self._last_seed[next(iter(self._last_seed))]
-            if session.seed_copy_wrong:
-                await self._drop_wrong_copy(transfer.digest)
             self.serving.session_ended(
                 session.digest,
                 session.members - session.bad,
@@ -219,13 +219,12 @@ class SwarmNode:
             )
         self.serving.distrust(str(digest), seed, now=self.clock())
 
-    async def _drop_wrong_copy(self, digest: Digest) -> None:
-        """The seed said its copy of ``digest`` failed the digest: drop the chunks taken from it
+    async def _drop_wrong_copy(self, digest: Digest, seed: str) -> None:
+        """``seed`` said its copy of ``digest`` failed the digest: drop the chunks taken from it
         (they would fail it here too) and pass it over next time."""
-        seed, _ = self._last_seed.pop(digest, (None, None))
         log.warning("%s's copy of %s failed its digest: dropping the chunks from it", seed, digest)
-        if seed is not None:
-            self.serving.distrust(str(digest), seed, now=self.clock())
+        self._last_seed.pop(digest, None)
+        self.serving.distrust(str(digest), seed, now=self.clock())
         await self.store.remove(digest)
 
     def _answer_late_interest(self, driver: SessionDriver, digest: Digest) -> None:
