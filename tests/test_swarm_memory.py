@@ -395,3 +395,44 @@ async def test_a_session_asking_to_be_woken_in_the_past_does_not_spin_its_node(
     stale = [r for r in caplog.records if "woken in the past" in r.getMessage()]
     assert stale and all(r.levelname == "ERROR" for r in stale)
     assert len(stale) <= 3  # once per session
+
+
+async def test_a_deadline_that_falls_while_the_pump_is_carried_out_is_due_not_a_bug(
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Carrying out a pump's actions takes time (a piece written, a task started); a deadline
+    # that passes meanwhile is due at once, not a session asking to be woken in the past.
+    from p2pull.peer.session import BlobSession
+    from p2pull.swarm.driver import SessionDriver
+
+    deterministic(9)
+    pumped_at: dict[int, float] = {}
+    real_pump, real_deadline = BlobSession.pump, BlobSession.next_deadline
+    real_execute = SessionDriver._execute
+
+    def pump(self: BlobSession, *, now: float) -> list[object]:
+        pumped_at[id(self)] = now
+        return real_pump(self, now=now)
+
+    def soon_after_the_pump(self: BlobSession) -> float | None:
+        deadline = real_deadline(self)
+        if id(self) not in pumped_at or deadline is None:
+            return deadline
+        return min(deadline, pumped_at[id(self)] + 0.001)
+
+    async def slowly(self: SessionDriver, actions: list[object]) -> None:
+        await trio.sleep(0.005)
+        await real_execute(self, actions)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(BlobSession, "pump", pump)
+    monkeypatch.setattr(BlobSession, "next_deadline", soon_after_the_pump)
+    monkeypatch.setattr(SessionDriver, "_execute", slowly)
+    origin = MemoryUpstream(rate=100 * MBIT)
+    digest, data = blob(origin, 1 << 20)
+    async with mem_swarm(3, origin=origin, up=100 * MBIT, down=100 * MBIT) as swarm:
+        took = await pull_all(swarm, digest)
+    assert sorted(took) == [0, 1, 2]
+    assert origin.bytes_sent == len(data)
+    assert not [r for r in caplog.records if "woken in the past" in r.getMessage()]

@@ -78,11 +78,13 @@ class SessionDriver:
             nursery.start_soon(self._watch_blob)
             await self._feed(None)  # a partial blob from an earlier run is known at once
             await self._execute(session.start(now=clock()))
-            await self._execute(session.pump(now=clock()))  # a deadline is asked after a pump
+            pumped = clock()  # a deadline is asked after a pump
+            await self._execute(session.pump(now=pumped))
             while not session.ended:
-                for event in await self._batch(self._deadline(clock())):
+                for event in await self._batch(self._deadline(pumped)):
                     await self._feed(event)
-                await self._execute(session.pump(now=clock()))
+                pumped = clock()
+                await self._execute(session.pump(now=pumped))
             nursery.cancel_scope.cancel()
         if session.error is not None:
             raise self._failure or BlobUnavailable(f"{transfer.digest}: {session.error}")
@@ -90,12 +92,15 @@ class SessionDriver:
             assert self._failure is not None
             raise self._failure
 
-    def _deadline(self, now: float) -> float | None:
-        """The session's next deadline; one already past right after a pump is a bug in the
-        session (it would spin the node's CPU): logged once, and slept over for STALE_WAKE."""
+    def _deadline(self, pumped: float) -> float | None:
+        """The session's next deadline. One that falls while the pump's actions were carried
+        out (a piece written, a task started) is simply due; one at or before the ``now`` the
+        pump was given is a bug in the session (it would spin the node's CPU): logged once, and
+        slept over for STALE_WAKE."""
         deadline = self.session.next_deadline()
-        if deadline is None or deadline > now:
+        if deadline is None or deadline > pumped:
             return deadline
+        now = self.context.clock()
         if not self._stale_logged:
             self._stale_logged = True
             log.error(
@@ -111,8 +116,12 @@ class SessionDriver:
         """The events queued (up to BATCH: Haves come in bursts, one pump serves them all) once
         one is there, or none when ``deadline`` passes first."""
         batch: list[ev.Event | None] = []
-        with trio.move_on_at(math.inf if deadline is None else deadline):
-            batch.append(await self._inbox.receive())
+        try:  # what is queued is taken even when the deadline has passed already
+            batch.append(self._inbox.receive_nowait())
+            await trio.lowlevel.checkpoint()  # the others run between two batches
+        except trio.WouldBlock:
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                batch.append(await self._inbox.receive())
         while batch and len(batch) < BATCH:
             try:
                 batch.append(self._inbox.receive_nowait())
