@@ -212,7 +212,9 @@ class Mirror:
         if request.method == "HEAD" and range_header is None:
             size = await self._blobs.stat(ns, name, digest)
             return Response(200, self._blob_headers(digest, size, size), b"")
+        log.debug("%s of %s: opening", request.method, digest)
         reader = await self._blobs.open(ns, name, digest)
+        log.debug("%s of %s: %d bytes, sending", request.method, digest, reader.size)
         byte_range = parse_range(range_header, size=reader.size)
         partial = byte_range is not None and byte_range.length != reader.size
         prefetch = request.header(PREFETCH_HEADER) is not None

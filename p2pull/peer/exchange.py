@@ -243,6 +243,7 @@ class ChunkExchange:
         if reader is not None:
             scheduler.set_window(reader, min(reader + self.window, self.have.length))
         for stale in scheduler.expire(now=now):
+            log.debug("%s: chunk %d from %s timed out", self.digest[:19], stale.index, stale.peer)
             self._send(stale.peer, Cancel(self.digest, stale.index))
         for assignment in scheduler.next_requests(now=now):
             if not linked(assignment.peer):

@@ -239,6 +239,7 @@ class BlobSession:
     def _to(self, phase: Phase) -> None:
         if phase is not Phase.FAILED and phase not in TRANSITIONS[self.phase]:
             raise LocalProtocolError(f"no move from {self.phase.name} to {phase.name}")
+        log.debug("%s: %s -> %s", self.digest[:19], self.phase.name, phase.name)
         self.phase = phase
 
     def _flush(self) -> list[Action]:
@@ -275,6 +276,7 @@ class BlobSession:
         if seed.node_id != self._seed_dial:
             self._seed_dials = 0
         self.seed_id, self._seed_dial = None, seed.node_id
+        log.debug("%s: dialing its seed %s", self.digest[:19], seed.node_id)
         self._dial(seed)
 
     def _upstream(self, now: float) -> Member:
