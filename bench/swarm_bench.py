@@ -85,11 +85,14 @@ FRAME_OVERHEAD = 66  # Ethernet + IPv4 + TCP with timestamps, per packet the int
 TICKS = os.sysconf("SC_CLK_TCK")
 
 # Runs in a node's namespace: wait for the common start instant, fetch every URL in parallel with
-# curl (to /dev/null, so the client is not the bottleneck), report one JSON line.
+# curl (to /dev/null, so the client is not the bottleneck), report one JSON line. Each URL gets its
+# own connection at once (--parallel-immediate): otherwise curl waits for the first connection to
+# learn whether it multiplexes and, on HTTP/1.1, sends the next request after the first response.
 CLIENT = """
 import json, subprocess, sys, time
 start_at, urls = float(sys.argv[1]), sys.argv[2:]
-argv = ["curl", "-s", "--noproxy", "*", "--max-time", "900", "-Z", "--parallel-max", "64",
+argv = ["curl", "-s", "--noproxy", "*", "--max-time", "900", "-Z", "--parallel-immediate",
+        "--parallel-max", "64",
         "-w", "%{http_code} %{size_download}\\n"]
 for url in urls:
     argv += ["-o", "/dev/null", url]

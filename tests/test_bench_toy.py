@@ -10,8 +10,13 @@ JSON and Markdown it writes and that the figures are sane; no plot (matplotlib i
 
 from __future__ import annotations
 
+import http.server
 import json
 import shutil
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -106,3 +111,42 @@ def test_repeated_runs_report_the_median_and_every_run() -> None:
     assert chosen["ok"] is False and chosen["failed"] == [{"codes": ["502"]}]
     assert swarm_bench.median_run(runs[:2])["max_s"] == 9.0  # even count: the lower middle
     assert swarm_bench.parse_args(["--repeat", "3"]).repeat == 3
+
+
+def test_a_nodes_client_asks_for_every_layer_at_once() -> None:
+    # containerd fetches an image's layers in parallel; a client that waits for one layer
+    # before asking for the next measures another storm (the next layer's seed starts late).
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    arrivals: list[float] = []
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            arrivals.append(time.monotonic())
+            time.sleep(1.0)
+            self.send_response(200)
+            self.send_header("Content-Length", "3")
+            self.end_headers()
+            self.wfile.write(b"abc")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        argv = [sys.executable, "-c", swarm_bench.CLIENT, str(time.time())]
+        done = subprocess.run(
+            [*argv, f"{base}/a", f"{base}/b", f"{base}/c"],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+    result = json.loads(done.stdout)
+    assert result["codes"] == ["200"] * 3 and result["bytes"] == 9
+    assert len(arrivals) == 3 and max(arrivals) - min(arrivals) < 0.5
+    assert result["seconds"] < 2.0  # one second each, all at once
