@@ -11,7 +11,8 @@ Topology: a "switch" namespace holds a bridge (``br0``, multicast snooping off, 
 every port) and one veth per host; host ``i`` is its own namespace whose ``eth0`` is the other end,
 addressed ``198.18.X.(10+i)/24`` (``X`` from the PID and a counter). Nothing is created in the
 caller's namespace, so no traffic can leave the namespaces made here. IPv6 is disabled inside them.
-Optional ``tbf`` shaping applies ``rate_bit`` on both directions of each host's link.
+Optional ``tbf`` shaping applies ``rate_bit`` on both directions of each host's link. Every host
+has a permanent neighbour entry for every other (no ARP: a shaped queue would drop it).
 
 Teardown always runs (also on failure or cancellation): processes started through the network are
 killed by PID and reaped, any other process left in its namespaces is killed, and the namespaces
@@ -163,6 +164,37 @@ async def _build(net: Network, *, rate_bit: int | None, latency: str) -> None:
         if rate_bit is not None:
             await _shape(host.netns, host.dev, rate_bit=rate_bit, latency=latency)
             await _shape(sw, port, rate_bit=rate_bit, latency=latency)
+    await _static_neighbours(net)
+
+
+async def _static_neighbours(net: Network) -> None:
+    """Every host knows every other host's MAC address from the start. A shaped port's full
+    queue drops ARP like any other frame, and a host whose neighbour entry fails answers its
+    own connects "No route to host": a failure of the test bench, not of what runs on it."""
+    macs = {}
+    for host in net.hosts:
+        shown = await _run("ip", "-n", host.netns, "-j", "link", "show", host.dev)
+        macs[host.ip] = json.loads(shown.stdout)[0]["address"]
+    for host in net.hosts:
+        lines = [
+            f"neigh replace {ip} lladdr {mac} dev {host.dev} nud permanent\n"
+            for ip, mac in macs.items()
+            if ip != host.ip
+        ]
+        if lines:
+            await _run_batch(host.netns, "".join(lines))
+
+
+async def _run_batch(netns: str, commands: str) -> None:
+    result = await trio.run_process(
+        ["ip", "-n", netns, "-batch", "-"],
+        stdin=commands.encode(),
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise NetnsError(f"ip -n {netns} -batch -> {result.returncode}: {result.stderr.decode()}")
 
 
 async def _ns_setup(netns: str) -> None:
