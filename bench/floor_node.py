@@ -219,6 +219,9 @@ def accept(listener: socket.socket, handle: Callable[[socket.socket, str], objec
         spawn(handle, conn, ip)
 
 
+_DYING = threading.Lock()
+
+
 def spawn(target: Callable[..., object], *args: object) -> None:
     """Run ``target`` in a thread; any error in it ends the node (its clients' responses break
     off, so the benchmark reports a failure instead of waiting for chunks that cannot come)."""
@@ -227,9 +230,10 @@ def spawn(target: Callable[..., object], *args: object) -> None:
         try:
             target(*args)
         except BaseException:
-            traceback.print_exc()
-            sys.stderr.flush()
-            os._exit(1)
+            with _DYING:  # the first error is the one told whole: the others wait for the exit
+                sys.stderr.write(traceback.format_exc())
+                sys.stderr.flush()
+                os._exit(1)
 
     threading.Thread(target=guarded, daemon=True).start()
 
