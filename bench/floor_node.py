@@ -98,13 +98,16 @@ class Node:
     # -- chunks between nodes ---------------------------------------------------------------
     def send_to(self, ip: str, outbox: queue.Queue[tuple[int, int]]) -> None:
         number, index = outbox.get()  # connect once there is something to send: all listen
-        conn = socket.create_connection((ip, CHUNK_PORT), source_address=(self.me, 0))
-        while True:
-            blob = self.blobs[number]
-            offset, length = blob.span(index)
-            conn.sendall(HEADER.pack(number, index, length))
-            sendfile_all(conn, blob.fd, offset, length)
-            number, index = outbox.get()
+        try:
+            conn = socket.create_connection((ip, CHUNK_PORT), source_address=(self.me, 0))
+            while True:
+                blob = self.blobs[number]
+                offset, length = blob.span(index)
+                conn.sendall(HEADER.pack(number, index, length))
+                sendfile_all(conn, blob.fd, offset, length)
+                number, index = outbox.get()
+        except OSError as exc:
+            raise OSError(f"{self.me} sending chunk {index} of blob {number} to {ip}") from exc
 
     def receive_from(self, conn: socket.socket, ip: str) -> None:
         header, body = bytearray(HEADER.size), bytearray(max(b.chunk_size for b in self.blobs))
