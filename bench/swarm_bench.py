@@ -31,7 +31,8 @@ egress / size from the origin host's interface counters (wire bytes, and wire by
 per-packet header bytes) and from the origin's own count (plus the seeder's, for bittorrent);
 per-node pull time (p50, max) and finish time since the first node began; the bandwidth lower
 bound ``size / min(node rate, origin rate)``; slowest / lower bound; CPU seconds of the helpers
-(agents, the cache, or the leechers) during the pull (utime + stime from /proc). Output: JSON,
+(agents, the cache, or the leechers) during the pull (utime + stime from /proc); for p2pull, the
+peer connections each agent holds once all are done (``peer_links``: p50, max). Output: JSON,
 a Markdown table next to it (``.md``) and a PNG (``.png``: completion-time CDF and origin egress
 per strategy; skipped when matplotlib is missing). ``--py-spy DIR`` records each helper with
 py-spy during the pull (raw collapsed stacks). ``--launcher FILE`` runs ``python FILE agent ...``
@@ -327,7 +328,13 @@ async def run_on(
         "machine_busy_cpu_s": round(busy, 2),
         "machine_busy_fraction": round(machine_busy, 3),  # from the clients' start to the end
         "agent_sources": sources,
+        # peer connections each agent holds once every node is done (links stay open): p50, max
+        "peer_links": _spread([source["links"] for source in sources if "links" in source]),
     }
+
+
+def _spread(values: list[float]) -> dict[str, float] | None:
+    return {"p50": statistics.median(values), "max": max(values)} if values else None
 
 
 def late_nodes(count: int, fraction: float) -> set[int]:

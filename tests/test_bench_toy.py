@@ -87,6 +87,9 @@ async def test_swarm_bench_toy_size_every_strategy(tmp_path: Path) -> None:
     assert NODES - 0.05 <= by_name["direct"]["origin_egress_payload"] <= NODES + 0.1
     assert by_name["p2pull"]["origin_egress_payload"] <= 1.1
     assert len(by_name["p2pull"]["agent_cpu_s"]) == NODES
+    links = by_name["p2pull"]["peer_links"]  # every agent linked to a peer, none to itself
+    assert links is not None and 1 <= links["p50"] <= links["max"] <= NODES - 1, links
+    assert by_name["floor"]["peer_links"] is None
     # The floor's relay tree takes the blob from the origin once, too.
     assert by_name["floor"]["origin_egress_payload"] <= 1.1
     assert by_name["floor"]["cpu_of"] == "nodes" and len(by_name["floor"]["agent_cpu_s"]) == NODES
