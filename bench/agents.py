@@ -121,6 +121,7 @@ async def agent_metrics(net: Network, host: Host) -> dict[str, float]:
         'p2pull_fetched_bytes_total{source="origin"}': "from_origin",
         "p2pull_peer_upload_bytes_total": "uploaded",
         "p2pull_peer_links": "links",  # peer connections open once the pull is done
+        'p2pull_peer_messages_total{direction="sent"}': "messages_sent",  # pieces included
     }
     found: dict[str, float] = {}
     for line in out.stdout.decode().splitlines():

@@ -32,7 +32,8 @@ per-packet header bytes) and from the origin's own count (plus the seeder's, for
 per-node pull time (p50, max) and finish time since the first node began; the bandwidth lower
 bound ``size / min(node rate, origin rate)``; slowest / lower bound; CPU seconds of the helpers
 (agents, the cache, or the leechers) during the pull (utime + stime from /proc); for p2pull, the
-peer connections each agent holds once all are done (``peer_links``: p50, max). Output: JSON,
+peer connections each agent holds once all are done (``peer_links``: p50, max) and the peer
+messages each sent, pieces included (``peer_messages``). Output: JSON,
 a Markdown table next to it (``.md``) and a PNG (``.png``: completion-time CDF and origin egress
 per strategy; skipped when matplotlib is missing). ``--py-spy DIR`` records each helper with
 py-spy during the pull (raw collapsed stacks). ``--launcher FILE`` runs ``python FILE agent ...``
@@ -330,6 +331,8 @@ async def run_on(
         "agent_sources": sources,
         # peer connections each agent holds once every node is done (links stay open): p50, max
         "peer_links": _spread([source["links"] for source in sources if "links" in source]),
+        # peer messages each agent sent during the storm, pieces included: p50, max
+        "peer_messages": _spread([s["messages_sent"] for s in sources if "messages_sent" in s]),
     }
 
 

@@ -162,6 +162,13 @@ class Metrics:
         self.peer_links = Gauge(
             "p2pull_peer_links", "Authenticated connections to peers open now", registry=r
         )
+        self.peer_messages = Counter(
+            "p2pull_peer_messages",
+            "Peer protocol messages, pieces included, by direction (sent, received): control "
+            "traffic grows with chunks x members, the first cost of a larger swarm",
+            ["direction"],
+            registry=r,
+        )
         self.swarms = Gauge(
             "p2pull_swarms", "Blobs this node is downloading through the swarm now", registry=r
         )
@@ -194,6 +201,8 @@ class Metrics:
             ["server", "reason"],
             registry=r,
         )
+        for direction in ("sent", "received"):
+            self.peer_messages.labels(direction)
         for source in SOURCES:  # the series exist at 0 before the first byte
             self.served_bytes.labels(source)
             self.fetched_bytes.labels(source)

@@ -90,6 +90,8 @@ async def test_swarm_bench_toy_size_every_strategy(tmp_path: Path) -> None:
     links = by_name["p2pull"]["peer_links"]  # every agent linked to a peer, none to itself
     assert links is not None and 1 <= links["p50"] <= links["max"] <= NODES - 1, links
     assert by_name["floor"]["peer_links"] is None
+    messages = by_name["p2pull"]["peer_messages"]  # the leeches' requests, the seed's pieces
+    assert messages is not None and messages["max"] >= SIZE // (1 << 20), messages
     # The floor's relay tree takes the blob from the origin once, too.
     assert by_name["floor"]["origin_egress_payload"] <= 1.1
     assert by_name["floor"]["cpu_of"] == "nodes" and len(by_name["floor"]["agent_cpu_s"]) == NODES

@@ -436,3 +436,20 @@ async def test_a_deadline_that_falls_while_the_pump_is_carried_out_is_due_not_a_
     assert sorted(took) == [0, 1, 2]
     assert origin.bytes_sent == len(data)
     assert not [r for r in caplog.records if "woken in the past" in r.getMessage()]
+
+
+async def test_peer_messages_are_counted_both_ways(autojump_clock: trio.testing.MockClock) -> None:
+    deterministic(1)
+    origin = MemoryUpstream(rate=100 * MBIT)
+    digest, data = blob(origin, 1 << 20)  # 16 chunks of 64 KiB
+    async with mem_swarm(3, origin=origin, up=100 * MBIT, down=100 * MBIT) as swarm:
+        await pull_all(swarm, digest)
+        await trio.sleep(1.0)  # what is still on its way lands
+        sent = total(swarm, "p2pull_peer_messages_total", direction="sent")
+        received = total(swarm, "p2pull_peer_messages_total", direction="received")
+        pieces_in = sum(n.value("p2pull_fetched_bytes_total", source="peer") for n in swarm.nodes)
+    assert pieces_in == 2 * len(data)  # the two leeches took every chunk from peers
+    assert received == sent  # the in-memory network loses nothing
+    # every node sent something; the leeches received at least their 2 x 16 pieces
+    assert all(n.value("p2pull_peer_messages_total", direction="sent") > 0 for n in swarm.nodes)
+    assert received >= 2 * 16

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeAlias
 
 import trio
+from prometheus_client import Counter
 
 from p2pull.errors import P2pullError
 from p2pull.lowat import RecvLowat
@@ -61,10 +62,18 @@ class PeerLink:
     on the wire. Whoever uploads holds one of ``piece_slots`` meanwhile (at most
     PIECE_SLOTS_PER_LINK pieces of one link in flight)."""
 
-    def __init__(self, stream: trio.abc.Stream, conn: PeerConnection, peer_id: str) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        conn: PeerConnection,
+        peer_id: str,
+        *,
+        sent: Counter | None = None,
+    ) -> None:
         self.stream = stream
         self.conn = conn
         self.peer_id = peer_id
+        self._sent = sent  # counts each message queued, pieces included
         self.closed = False
         self._queue_send, self._queue_receive = trio.open_memory_channel[
             tuple[Outgoing, _Delivery | None]
@@ -75,6 +84,8 @@ class PeerLink:
         if self.closed or self.conn.state is not State.OPEN:
             return
         self._enqueue(self.conn.send(message))
+        if self._sent is not None:
+            self._sent.inc()
 
     async def upload(self, digest: str, index: int, blob: StoredBlob) -> bool:
         """Send chunk ``index`` of ``blob`` as a Piece; True once it is on the wire (in the
@@ -83,6 +94,8 @@ class PeerLink:
         if self.closed or self.conn.state is not State.OPEN:
             return False
         sink = _PieceSink(self, self.conn.send_piece_header(digest, index, length), length)
+        if self._sent is not None:
+            self._sent.inc()
         await blob.send(sink, offset=offset, length=length)
         return sink.sent
 
@@ -247,8 +260,12 @@ class PeerPool:
         handshake_timeout: float = 10.0,
         max_frame: int,
         max_handshakes: int = MAX_INBOUND_HANDSHAKES,
+        messages: Counter | None = None,
     ) -> None:
         self.transport = transport
+        # Messages sent and received on every link, by direction (``messages``' one label).
+        self._sent = messages.labels("sent") if messages is not None else None
+        self._received = messages.labels("received") if messages is not None else None
         self.node_id = node_id
         self.listen_port = listen_port
         self._secret = secret
@@ -345,7 +362,7 @@ class PeerPool:
             raise RemoteProtocolError(
                 f"dialed {expect} but the peer says it is {authenticated.node_id}"
             )
-        link = PeerLink(stream, conn, authenticated.node_id)
+        link = PeerLink(stream, conn, authenticated.node_id, sent=self._sent)
         assert self._nursery is not None, "PeerPool.run is not running"
         # When two nodes dial each other at once there are two links; both stay open (closing
         # one would drop the messages already queued or in flight on it) and the newest sends.
@@ -401,6 +418,8 @@ class PeerPool:
                 return
             if isinstance(event, Authenticated):
                 continue
+            if self._received is not None:
+                self._received.inc()
             await self._on_message(link, event)
 
 

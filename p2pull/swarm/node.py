@@ -124,6 +124,7 @@ class SwarmNode:
             transport=self.transport,
             connect_timeout=config.connect_timeout,
             max_frame=config.max_chunk_size + 65536,
+            messages=metrics.peer_messages,
         )
         self.serving = Serving(
             slots=config.upload_slots,
