@@ -10,7 +10,8 @@ client in order as chunks land (sendfile from the store file) and checks the who
 on the way; a mismatch cuts the client's response short, so the benchmark reports a failure.
 
 Blocking threads, sendfile, a 10-byte header per chunk: no membership, no scheduling, no
-retries, no authentication; any error (the origin's, a lost connection) ends the node. Not a
+retries, no authentication; any error (the origin's, a lost connection, a chunk source gone
+before every blob is whole) ends the node, so its client's response breaks off at once. Not a
 product: a floor.
 Standard library only.
 
@@ -110,16 +111,20 @@ class Node:
             raise OSError(f"{self.me} sending chunk {index} of blob {number} to {ip}") from exc
 
     def receive_from(self, conn: socket.socket, ip: str) -> None:
+        """Chunks from the seed or a relay. Its connection ending before this node holds every
+        blob whole ends the node (the chunks it carried cannot come another way)."""
         header, body = bytearray(HEADER.size), bytearray(max(b.chunk_size for b in self.blobs))
         while receive_exactly(conn, memoryview(header)):
             number, index, length = HEADER.unpack(header)
             view = memoryview(body)[:length]
             if not receive_exactly(conn, view):
-                return
+                break
             self.blobs[number].store(index, view)
             if ip == self.seed:
                 for outbox in self.outboxes.values():
                     outbox.put((number, index))
+        if not all(all(blob.have) for blob in self.blobs):
+            raise RuntimeError(f"{self.me}: the connection from {ip} ended before every chunk")
 
     def fetch(self, number: int) -> None:
         """The seed: the blob from the origin, each chunk stored and handed to one relay."""

@@ -30,8 +30,9 @@ CHUNK = 64 * 1024
 @asynccontextmanager
 async def floor_nodes(
     tmp_path: Path, origin: TestOrigin, blobs: dict[Digest, bytes]
-) -> AsyncIterator[None]:
-    """Three floor nodes (the first the seed) listening; killed on the way out."""
+) -> AsyncIterator[dict[str, trio.Process]]:
+    """Three floor nodes (the first the seed) listening, by address; killed on the way out."""
+    processes: dict[str, trio.Process] = {}
     async with trio.open_nursery() as nursery:
         for ip in (SEED, RELAY, OTHER):
             argv = [
@@ -43,9 +44,9 @@ async def floor_nodes(
                 "--store", str(tmp_path / ip),
             ]  # fmt: skip
             run = functools.partial(trio.run_process, argv, stdout=subprocess.PIPE, check=False)
-            process = await nursery.start(run)
+            process = processes[ip] = await nursery.start(run)
             assert (await read_json_line(process))["ready"] is True
-        yield
+        yield processes
         nursery.cancel_scope.cancel()  # run_process kills them
 
 
@@ -77,3 +78,37 @@ async def test_floor_nodes_relay_the_blob_to_every_client_and_never_serve_wrong_
                         await get(client, ip, bad_digest)
             assert origin.bytes_sent_by_digest[good_digest] == len(good)  # once, by the seed
             nursery.cancel_scope.cancel()
+
+
+async def test_the_nodes_end_at_once_when_the_seed_dies_mid_blob(tmp_path: Path) -> None:
+    # The relays send only to each other, so nothing they do fails: without the check they
+    # would wait for the seed's chunks for ever and the benchmark out its clients' time limit.
+    data = random.Random(8).randbytes(40 * CHUNK)
+    origin = TestOrigin()
+    broken: set[str] = set()
+
+    async def pull(client: httpx.AsyncClient, ip: str, digest: Digest) -> None:
+        try:
+            await get(client, ip, digest)
+        except httpx.RemoteProtocolError:
+            broken.add(ip)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(origin.run)
+            digest = origin.add_blob(NAME, data)
+            origin.fault(digest).rate = 20 * CHUNK  # two seconds of origin stream
+            async with (
+                floor_nodes(tmp_path, origin, {digest: data}) as processes,
+                httpx.AsyncClient() as client,
+                trio.open_nursery() as pulls,
+            ):
+                for ip in (SEED, RELAY, OTHER):
+                    pulls.start_soon(pull, client, ip, digest)
+                await trio.sleep(0.5)
+                processes[SEED].kill()
+                with trio.fail_after(5):
+                    assert await processes[RELAY].wait() == 1
+                    assert await processes[OTHER].wait() == 1
+            nursery.cancel_scope.cancel()
+    assert {RELAY, OTHER} <= broken
