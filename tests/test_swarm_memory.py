@@ -48,6 +48,16 @@ async def pull_all(
     return took
 
 
+async def three_nodes_pull_once() -> None:
+    """Three nodes pull a 1 MiB blob at once: every pull completes, the origin sends it once."""
+    origin = MemoryUpstream(rate=100 * MBIT)
+    digest, data = blob(origin, 1 << 20)
+    async with mem_swarm(3, origin=origin, up=100 * MBIT, down=100 * MBIT) as swarm:
+        took = await pull_all(swarm, digest)
+    assert sorted(took) == [0, 1, 2]
+    assert origin.bytes_sent == len(data)
+
+
 def total(swarm: MemSwarm, metric: str, **labels: str) -> float:
     return sum(node.value(metric, **labels) for node in swarm.nodes)
 
@@ -386,12 +396,7 @@ async def test_a_session_asking_to_be_woken_in_the_past_does_not_spin_its_node(
         return -math.inf
 
     monkeypatch.setattr(BlobSession, "next_deadline", in_the_past)
-    origin = MemoryUpstream(rate=100 * MBIT)
-    digest, data = blob(origin, 1 << 20)
-    async with mem_swarm(3, origin=origin, up=100 * MBIT, down=100 * MBIT) as swarm:
-        took = await pull_all(swarm, digest)
-    assert sorted(took) == [0, 1, 2]
-    assert origin.bytes_sent == len(data)
+    await three_nodes_pull_once()
     stale = [r for r in caplog.records if "woken in the past" in r.getMessage()]
     assert stale and all(r.levelname == "ERROR" for r in stale)
     assert len(stale) <= 3  # once per session
@@ -429,12 +434,7 @@ async def test_a_deadline_that_falls_while_the_pump_is_carried_out_is_due_not_a_
     monkeypatch.setattr(BlobSession, "pump", pump)
     monkeypatch.setattr(BlobSession, "next_deadline", soon_after_the_pump)
     monkeypatch.setattr(SessionDriver, "_execute", slowly)
-    origin = MemoryUpstream(rate=100 * MBIT)
-    digest, data = blob(origin, 1 << 20)
-    async with mem_swarm(3, origin=origin, up=100 * MBIT, down=100 * MBIT) as swarm:
-        took = await pull_all(swarm, digest)
-    assert sorted(took) == [0, 1, 2]
-    assert origin.bytes_sent == len(data)
+    await three_nodes_pull_once()
     assert not [r for r in caplog.records if "woken in the past" in r.getMessage()]
 
 

@@ -210,10 +210,8 @@ class SwarmNode:
             log.warning(
                 "the bytes this node fetched for %s were wrong: the next seed fetches it", digest
             )
-            for peer in sorted(members):
-                link = self.pool.link(peer)
-                if link is not None:
-                    link.send(Unavailable(str(digest), UNAVAILABLE_WRONG_COPY))
+            for peer in sorted(members):  # those still linked
+                self.pool.send(peer, Unavailable(str(digest), UNAVAILABLE_WRONG_COPY))
         else:
             log.warning(
                 "the chunks %s described for %s were wrong: not asking it again", seed, digest
