@@ -106,6 +106,7 @@ def build(args: argparse.Namespace) -> World:
     config = SessionConfig(
         peers_handout=args.peers_handout,
         max_in_flight=args.max_in_flight,
+        downlink_queue=args.downlink_queue,
         fanout=args.fanout,
         relay_up_to=args.relay_up_to,
         busy_retry=args.busy_retry,
@@ -264,6 +265,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--corrupt", type=float, default=0.0, help="fraction sending bad pieces")
     p.add_argument("--peers-handout", type=int, default=SessionConfig().peers_handout)
     p.add_argument("--max-in-flight", type=int, default=SessionConfig().max_in_flight)
+    p.add_argument("--downlink-queue", type=int, default=SessionConfig().downlink_queue)
     p.add_argument("--fanout", type=int, default=SessionConfig().fanout)
     p.add_argument("--relay-up-to", type=int, default=SessionConfig().relay_up_to)
     p.add_argument("--busy-retry", type=float, default=SessionConfig().busy_retry)

@@ -67,12 +67,11 @@ def test_a_killed_seed_and_slow_nodes_still_complete_with_one_successor() -> Non
     assert result["origin_ratio"] <= 1.10
 
 
-@pytest.mark.xfail(strict=True, reason="p99 1.32x the bound here (docs/scale.md)")
 def test_small_storm_p99_within_1_3x_the_bound(small_storm: dict[str, Any]) -> None:
     assert small_storm["over_lower_bound"]["p99"] <= 1.3
 
 
-@pytest.mark.xfail(strict=True, reason="cross-rack bytes 5.8x racks x size here")
+@pytest.mark.xfail(strict=True, reason="cross-rack bytes 5.1x racks x size here")
 def test_small_storm_crosses_each_rack_uplink_about_once(small_storm: dict[str, Any]) -> None:
     assert small_storm["cross_rack_ratio"] <= 1.1
 

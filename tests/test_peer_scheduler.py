@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from p2pull.bitfield import Bitfield
-from p2pull.peer.scheduler import PUSHES_PER_PEER, Assignment, Scheduler
+from p2pull.peer.scheduler import DOWNLINK_GAIN, PUSHES_PER_PEER, Assignment, Scheduler
 
 
 def bits(pattern: str) -> Bitfield:
@@ -640,3 +640,49 @@ def test_a_chunk_only_far_holders_have_waits_far_wait_pieces_for_a_near_one() ->
     assert near_soon.next_requests(now=0.0) == []
     near_soon.add_peer("near-a", bits("1"))  # it came near meanwhile: asked at once
     assert near_soon.next_requests(now=0.1) == reqs("near-a:0")
+
+
+def test_with_queued_requests_stop_at_what_the_downlink_delivers_in_the_quickest_answer() -> None:
+    """``queued``: chunks in flight at most ceil(DOWNLINK_GAIN x the downlink's rate over the
+    last pieces x the quickest answer seen) + queued. Pieces at 10 a second, the quickest
+    answer 0.25 s: 2.5 chunks delivered meanwhile; the holders' free slots allow 16."""
+    scheduler = Scheduler(chunk_count=40, max_in_flight_per_peer=4, queued=1)
+    for peer in "abcd":
+        scheduler.add_peer(peer, bits("1" * 40))
+    first = scheduler.next_requests(now=0.0)
+    assert len(first) == 16  # nothing timed yet: no cap
+    assert scheduler.downlink_cap() == math.inf
+    for k, request in enumerate(first[:9]):
+        scheduler.on_piece(request.peer, request.index, now=0.25 + 0.1 * k)
+        scheduler.have(request.index)
+    assert scheduler.quickest == 0.25
+    cap = math.ceil(DOWNLINK_GAIN * 2.5) + 1  # 7 pieces over 0.7 s: 10/s, x 0.25 s
+    assert scheduler.downlink_cap() == cap < 7
+    assert scheduler.next_requests(now=1.05) == []  # 7 still in flight
+    done = first[9 : 9 + 7 - cap + 2]  # two below the cap once these come
+    for k, request in enumerate(done, start=1):
+        scheduler.on_piece(request.peer, request.index, now=1.05 + 0.1 * k)
+        scheduler.have(request.index)
+    assert scheduler.downlink_cap() == cap  # still 10 a second
+    assert len(scheduler.next_requests(now=2.0)) == 2
+    assert len(scheduler.in_flight()) == cap
+    plain = Scheduler(chunk_count=40, max_in_flight_per_peer=4)
+    for peer in "abcd":
+        plain.add_peer(peer, bits("1" * 40))
+    for request in plain.next_requests(now=0.0)[:9]:
+        plain.on_piece(request.peer, request.index, now=0.25)
+    assert plain.downlink_cap() == math.inf  # queued 0: no such cap
+
+
+def test_a_pushed_piece_is_not_taken_for_the_quickest_answer() -> None:
+    """A push counts from when its Push came, not from a request: its piece follows at once
+    and would make the downlink look much quicker than any answer."""
+    scheduler = Scheduler(chunk_count=4, max_in_flight_per_peer=2, queued=1)
+    scheduler.add_peer("a", bits("1111"))
+    assert scheduler.pushed("a", 3, now=1.0) == []
+    scheduler.on_piece("a", 3, now=1.001)
+    scheduler.have(3)
+    assert scheduler.quickest is None
+    assert scheduler.next_requests(now=1.001) == reqs("a:0 a:1")
+    scheduler.on_piece("a", 0, now=1.5)
+    assert scheduler.quickest == pytest.approx(0.499)

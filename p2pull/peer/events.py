@@ -228,6 +228,12 @@ Action = Send | Dial | OpenBlob | WritePiece | StartOrigin | PushPiece | Finish
 class SessionConfig:
     max_in_flight_per_peer: int = 4
     max_in_flight: int = 0  # chunks on their way from all peers together before asking more
+    # Chunks asked beyond what the downlink delivers in the quickest answer (0: no such cap;
+    # p2pull.peer.scheduler). Without it a node asks every holder for 4 chunks: they wait in
+    # its downlink's queue, each holding its sender's upload slot (bench/sim.py, 64 nodes x
+    # 32 MiB: p99 1.25x the bound with 4, 1.32x with 0; slower at 300-1,000 nodes with one
+    # layer: 1.92x instead of 1.57x; docs/scale.md).
+    downlink_queue: int = 4
     request_timeout: float = 30.0  # a 4 MiB piece behind a few others on a slow uplink
     window: int = 4  # chunks from the one a local reader waits on, asked for first
     # What a node whose store has no room for a blob holds of it in memory at once: the chunks

@@ -63,6 +63,7 @@ class ChunkExchange:
             chunk_count=have.length,
             max_in_flight_per_peer=config.max_in_flight_per_peer,
             max_in_flight=config.max_in_flight,
+            queued=config.downlink_queue,
             request_timeout=config.request_timeout,
             salt=salt,
             near=near,

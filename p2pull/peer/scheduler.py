@@ -7,13 +7,14 @@ was sent). ``next_requests`` hands out new requests in this order:
 2. then rarest first (fewest known peers have it), ties broken by lowest index;
 
 each to the peer that has the chunk and the fewest requests in flight (ties: the per-node order
-below, else lowest peer id),
-never above ``max_in_flight_per_peer``, never to a penalized peer, never to a peer that recently
-failed that chunk, never a chunk we hold, and never a chunk already in flight, except in the
-endgame: once every missing chunk is in flight, spare slots duplicate in-flight chunks that are
-late (their newest request older than ``ENDGAME_LATE`` typical pieces, ``piece_seconds``) to
-other peers (up to ``endgame_duplicates`` requests per chunk; window chunks first, then the
-longest outstanding) and the first copy to arrive makes ``on_piece`` return the others, to cancel.
+below, else lowest peer id), never above ``max_in_flight_per_peer`` (nor, in all, above
+``downlink_cap``: what the node's downlink takes without a queue, plus ``queued``), never to a
+penalized peer, never to a peer that recently failed that chunk, never a chunk we hold, and never a
+chunk already in flight, except in the endgame: once every missing chunk is in flight, spare slots
+duplicate in-flight chunks that are late (their newest request older than ``ENDGAME_LATE`` typical
+pieces, ``piece_seconds``) to other peers (up to ``endgame_duplicates`` requests per chunk; window
+chunks first, then the longest outstanding) and the first copy to arrive makes ``on_piece`` return
+the others, to cancel.
 
 A chunk a peer pushes unasked (``pushed``) counts as requested from it, and requests for it
 elsewhere are returned to cancel.
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -38,6 +40,8 @@ from p2pull.bitfield import Bitfield
 
 PUSHES_PER_PEER = 2  # chunks one peer may have on their way to us, in max_in_flight_per_peer
 PIECE_SMOOTHING = 0.2  # weight of the newest piece in piece_seconds
+RATE_PIECES = 8  # the downlink's rate is measured over the arrivals of this many pieces
+DOWNLINK_GAIN = 2.0  # the chunks the downlink delivers in the quickest answer, times this
 ENDGAME_LATE = 2.0  # an endgame request is duplicated once it is this many typical pieces old
 
 
@@ -56,6 +60,7 @@ class Scheduler:
         chunk_count: int,
         max_in_flight_per_peer: int = 4,
         max_in_flight: int = 0,
+        queued: int = 0,
         request_timeout: float = 10.0,
         endgame_duplicates: int = 2,
         stall_penalty: float = 5.0,
@@ -76,6 +81,15 @@ class Scheduler:
         # many peers, 4 each would ask for far more than the downlink takes before they expire.
         self.max_in_flight = max_in_flight
         self._in_flight = 0  # requests and pushes on their way, all peers together
+        # With ``queued`` > 0, new requests also stop while more chunks are on their way than
+        # twice what the downlink delivers in the quickest answer seen (DOWNLINK_GAIN), plus
+        # ``queued``: every request
+        # beyond that waits in the downlink's queue and holds its sender's upload slot
+        # meanwhile (a slow node asking dozens of holders keeps their uploads from the rest).
+        self.queued = queued
+        self.quickest: float | None = None  # the quickest answer to a request (seconds)
+        self._arrivals: deque[float] = deque(maxlen=RATE_PIECES)  # when the last pieces came
+        self._pushes: set[tuple[str, int]] = set()  # in flight unasked: not timed as answers
         self.request_timeout = request_timeout
         self.endgame_duplicates = endgame_duplicates
         self.stall_penalty = stall_penalty
@@ -198,6 +212,7 @@ class Scheduler:
             self._release(other, index)
         self._by_chunk[index] = {peer: now}
         self._by_peer[peer][index] = now
+        self._pushes.add((peer, index))
         self._in_flight += 1
         self._dirty = True
         return [Assignment(other, index) for other in others]
@@ -245,10 +260,13 @@ class Scheduler:
         """
         others = self._stale.pop(index, set())
         asked_at = self._by_peer.get(peer, {}).get(index)
+        self._arrivals.append(now)
         if asked_at is not None:
             took = max(0.0, now - asked_at)
             self.piece_seconds = _smooth(self.piece_seconds, took)
             self._peer_seconds[peer] = _smooth(self._peer_seconds.get(peer), took)
+            if (peer, index) not in self._pushes:
+                self.quickest = took if self.quickest is None else min(self.quickest, took)
         for holder in list(self._by_chunk.get(index, ())):
             self._release(holder, index)
             others.add(holder)
@@ -303,6 +321,7 @@ class Scheduler:
         self._wake_at = min(min(penalties, default=math.inf), self._avoid_ends)
         out: list[Assignment] = []
         room = self.max_in_flight - self._in_flight if self.max_in_flight else math.inf
+        room = min(room, self.downlink_cap() - self._in_flight)
         if room <= 0:
             return out  # a piece arriving, or a request failing, makes room (and dirties)
         limit, penalized = self.max_in_flight_per_peer, self._penalized_until
@@ -325,6 +344,19 @@ class Scheduler:
                     if len(out) >= room or not self._assign(index, free, now, out):
                         break
         return out
+
+    def downlink_cap(self) -> float:
+        """Chunks that may be on their way at once: DOWNLINK_GAIN times what the downlink
+        delivers in the quickest answer seen (its rate over the last pieces' arrivals), plus
+        ``queued``; unbounded with ``queued`` 0 or before two pieces and one answer came."""
+        arrivals = self._arrivals
+        if not self.queued or self.quickest is None or len(arrivals) < 2:
+            return math.inf
+        spent = arrivals[-1] - arrivals[0]
+        if spent <= 0:
+            return math.inf
+        delivered = (len(arrivals) - 1) / spent * self.quickest
+        return math.ceil(DOWNLINK_GAIN * delivered) + self.queued
 
     def next_deadline(self) -> float | None:
         """When ``expire`` or ``next_requests`` can next change something without a new event:
@@ -369,6 +401,7 @@ class Scheduler:
 
     def _release(self, peer: str, index: int) -> None:
         self._in_flight -= 1
+        self._pushes.discard((peer, index))
         del self._by_peer[peer][index]
         holders = self._by_chunk[index]
         del holders[peer]
