@@ -83,9 +83,9 @@ class Scheduler:
         self._in_flight = 0  # requests and pushes on their way, all peers together
         # With ``queued`` > 0, new requests also stop while more chunks are on their way than
         # twice what the downlink delivers in the quickest answer seen (DOWNLINK_GAIN), plus
-        # ``queued``: every request
-        # beyond that waits in the downlink's queue and holds its sender's upload slot
-        # meanwhile (a slow node asking dozens of holders keeps their uploads from the rest).
+        # ``queued``: every request beyond that waits in the downlink's queue and holds its
+        # sender's upload slot meanwhile (a slow node asking dozens of holders keeps their
+        # uploads from the rest).
         self.queued = queued
         self.quickest: float | None = None  # the quickest answer to a request (seconds)
         self._arrivals: deque[float] = deque(maxlen=RATE_PIECES)  # when the last pieces came
