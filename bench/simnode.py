@@ -50,6 +50,7 @@ LINK_SLOTS = PIECE_SLOTS_PER_LINK
 FRAME = 8  # bytes of framing per message
 SIZES = {  # encoded sizes of the small messages, by type (measured with p2pull.peer.messages)
     "Have": 111,
+    "Seeded": 111,
     "Push": 111,
     "Request": 78,
     "Cancel": 78,

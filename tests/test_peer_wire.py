@@ -30,6 +30,7 @@ from p2pull.peer.messages import (
     Push,
     Reject,
     Request,
+    Seeded,
     Unavailable,
     Waiting,
     decode,
@@ -70,6 +71,7 @@ CODES = {
     Push: 13,
     Waiting: 14,
     Passing: 15,
+    Seeded: 16,
 }
 
 SAMPLES: list[tuple[str, Message]] = [
@@ -97,6 +99,7 @@ SAMPLES: list[tuple[str, Message]] = [
     ("push", Push(D, 7, H)),
     ("waiting", Waiting(D, "origin unavailable: retrying in 4 s")),
     ("passing", Passing(D, "no room in the store")),
+    ("seeded", Seeded(D, 9, H)),
 ]
 
 
@@ -157,6 +160,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
     blob_infos(),
     st.builds(Have, digests, uints, sha256s),
     st.builds(Push, digests, uints, sha256s),
+    st.builds(Seeded, digests, uints, sha256s),
     st.builds(
         Peers,
         digests,
@@ -420,15 +424,28 @@ BAD_HANDSHAKES: list[tuple[str, bytes, str]] = [
     ("message-before-auth", HELLO_B + frame(encode(Request(D, 1))), "expected Auth"),
     ("second-hello", HELLO_B + HELLO_B, "expected Auth"),
     ("garbage-first", frame(b"\xc1"), "undecodable"),
-    ("version-2", frame(encode(Hello(2, "node-b", b"b" * 16, 1))), "version 2, we speak 1"),
+    (
+        "version-before",
+        frame(encode(Hello(PROTOCOL_VERSION - 1, "node-b", b"b" * 16, 1))),
+        f"version {PROTOCOL_VERSION - 1}, we speak {PROTOCOL_VERSION}",
+    ),
+    (
+        "version-after",
+        frame(encode(Hello(PROTOCOL_VERSION + 1, "node-b", b"b" * 16, 1))),
+        f"version {PROTOCOL_VERSION + 1}, we speak {PROTOCOL_VERSION}",
+    ),
     (
         "future-hello-with-more-fields",
         frame(_pack(0, 9, "node-b", b"b" * 16, 1, "new field")),
-        "version 9, we speak 1",
+        f"version 9, we speak {PROTOCOL_VERSION}",
     ),
-    ("reflected-hello", frame(encode(Hello(1, "node-a", nonce_of("node-a"), 1))), "nonce"),
-    ("own-nonce", frame(encode(Hello(1, "node-z", nonce_of("node-a"), 1))), "nonce"),
-    ("own-node-id", frame(encode(Hello(1, "node-a", b"z" * 16, 1))), "own node id"),
+    (
+        "reflected-hello",
+        frame(encode(Hello(PROTOCOL_VERSION, "node-a", nonce_of("node-a"), 1))),
+        "nonce",
+    ),
+    ("own-nonce", frame(encode(Hello(PROTOCOL_VERSION, "node-z", nonce_of("node-a"), 1))), "nonce"),
+    ("own-node-id", frame(encode(Hello(PROTOCOL_VERSION, "node-a", b"z" * 16, 1))), "own node id"),
     ("zero-length-frame", frame(b""), "undecodable"),
 ]
 

@@ -111,3 +111,25 @@ def test_a_peer_passing_the_blob_through_holds_no_copy() -> None:
     assert seeder.grant(D, 1, "c", now=0.3, alive=everyone)
     assert not seeder.grant(D, 1, "d", now=0.4, alive=everyone)  # c holds the one copy
     assert seeder.recipients(D, now=0.5, alive=everyone) == ["a", "b", "c"]
+
+
+def test_refuses_says_what_grant_would_answer_a_new_peer_and_records_nothing() -> None:
+    seeder = SuperSeeder(copies=1, window=15.0)
+    assert not seeder.refuses(D, 0, now=0.0, alive=everyone)  # not seeding this blob
+    seeder.start(D)
+    assert not seeder.refuses(D, 0, now=0.0, alive=everyone)
+    assert not seeder.refuses(D, 0, now=0.0, alive=everyone)  # asking twice granted nothing
+    assert seeder.grant(D, 0, "a", now=0.0, alive=everyone)
+    assert seeder.refuses(D, 0, now=0.1, alive=everyone)
+    assert not seeder.grant(D, 0, "b", now=0.1, alive=everyone)
+    assert not seeder.refuses(D, 0, now=0.2, alive=lambda peer: peer != "a")  # its holder left
+    assert not seeder.refuses(D, 0, now=15.0, alive=everyone)  # the window passed
+
+
+def test_refuses_only_once_every_copy_is_granted() -> None:
+    seeder = SuperSeeder(copies=2, window=15.0)
+    seeder.start(D)
+    assert seeder.grant(D, 0, "a", now=0.0, alive=everyone)
+    assert not seeder.refuses(D, 0, now=0.0, alive=everyone)
+    assert seeder.grant(D, 0, "b", now=0.0, alive=everyone)
+    assert seeder.refuses(D, 0, now=0.0, alive=everyone)

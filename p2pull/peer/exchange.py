@@ -26,6 +26,7 @@ from p2pull.peer.messages import (
     Push,
     Reject,
     Request,
+    Seeded,
 )
 from p2pull.peer.relay import HeldPieces
 from p2pull.peer.scheduler import Scheduler
@@ -132,6 +133,15 @@ class ChunkExchange:
                     self.scheduler.peer_has(other, have.index)
         elif self.hashes[have.index] is not None:
             self.scheduler.peer_has(peer, have.index)
+
+    def on_seeded(self, peer: str, seeded: Seeded, *, from_seed: bool, now: float) -> None:
+        """``peer`` holds the chunk but has handed it to another member: a Have, and ``peer``
+        is not asked for it for the stall penalty (as if it had refused it), while the member
+        it went to announces it."""
+        self.on_have(peer, Have(seeded.digest, seeded.index, seeded.sha256), from_seed=from_seed)
+        index = seeded.index
+        if peer in self.peer_bits and 0 <= index < self.have.length and not self.have.has(index):
+            self.scheduler.on_failed(peer, index, now=now)
 
     def on_push(self, peer: str, push: Push, *, from_seed: bool, now: float) -> None:
         """A chunk coming unasked: expected from ``peer`` like a request (requests for it to

@@ -25,7 +25,7 @@ from p2pull.errors import P2pullError
 from p2pull.reference import SHA256_RE
 from p2pull.store.types import chunk_count
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 NONCE_MIN, NONCE_MAX = 16, 64
 MAX_NODE_ID = 255  # characters, also for hosts in Peers
@@ -87,6 +87,17 @@ class BlobInfo:
 @dataclass(frozen=True, slots=True)
 class Have:
     """The sender now holds (verified) chunk ``index``, whose sha256 is given."""
+
+    digest: str
+    index: int
+    sha256: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Seeded:
+    """A Have from the blob's seed for a chunk it has just handed to another member (a
+    ``Push``, its super-seeding grant): the receiver takes the hash, and asks the member that
+    announces the chunk instead of the seed, which would refuse it (``REJECT_SEEDED``)."""
 
     digest: str
     index: int
@@ -192,7 +203,7 @@ class Purge:
 
 
 _Blobs: TypeAlias = (
-    Interested | BlobInfo | Have | Push | Peers | Unavailable | Waiting | Passing | Purge
+    Interested | BlobInfo | Have | Seeded | Push | Peers | Unavailable | Waiting | Passing | Purge
 )
 _Chunks: TypeAlias = Request | Piece | Cancel | Reject
 Message: TypeAlias = Hello | Auth | _Blobs | _Chunks | Bye
@@ -333,6 +344,7 @@ _KINDS: dict[type, _Kind] = {
     Push: _kind(13, Push, _digest, _index, _sha256),
     Waiting: _kind(14, Waiting, _digest, _reason),
     Passing: _kind(15, Passing, _digest, _reason),
+    Seeded: _kind(16, Seeded, _digest, _index, _sha256),
 }
 _BY_CODE: dict[int, _Kind] = {kind.code: kind for kind in _KINDS.values()}
 HELLO_CODE = _KINDS[Hello].code

@@ -71,6 +71,7 @@ from p2pull.peer.messages import (
     Piece,
     Push,
     Reject,
+    Seeded,
     Unavailable,
     Waiting,
     peers_message,
@@ -461,9 +462,13 @@ class BlobSession:
             push=lambda peer: self._try_push(peer, push, now),
         )
         have = Have(self.digest, index, sha256)
+        superseed, linked = self.node.serving.superseed, self.node.serving.linked
+        # the members the seed would refuse it are told so with the hash: they ask the relay
+        refused = self.seeding and superseed.refuses(self.digest, index, now=now, alive=linked)
+        seeded = Seeded(self.digest, index, sha256) if refused else have
         for peer in lacking:
             if peer not in pushed:
-                self._send(peer, have)
+                self._send(peer, have if peer in self.passers else seeded)
 
     def _lacking(self, index: int) -> list[str]:
         """Members (not dropped) that do not hold chunk ``index``, sorted: those that hold it
@@ -543,6 +548,10 @@ class BlobSession:
             return  # chunk traffic before we know the blob: nothing to do with it yet
         elif isinstance(message, Have):
             chunks.on_have(peer, message, from_seed=from_seed)
+            if from_seed and chunks.held:
+                chunks.verify_held(now)
+        elif isinstance(message, Seeded):
+            chunks.on_seeded(peer, message, from_seed=from_seed, now=now)
             if from_seed and chunks.held:
                 chunks.verify_held(now)
         elif isinstance(message, Push):

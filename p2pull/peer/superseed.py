@@ -18,7 +18,7 @@ ends; ``alive`` tells whether a peer is still connected.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 
 class SuperSeeder:
@@ -73,11 +73,7 @@ class SuperSeeder:
         if peer in self._passers.get(digest, ()):
             return True  # a copy for its reader alone: not one of the ``copies``
         chunks = self._granted.setdefault(digest, {})
-        recent = [
-            (at, holder)
-            for at, holder in chunks.get(index, ())
-            if now - at < self.window and alive(holder)
-        ]
+        recent = self._recent(chunks.get(index, ()), now, alive)
         if any(holder == peer for _, holder in recent):
             chunks[index] = recent
             return True  # asked again (it cancelled, or lost the piece): not another copy
@@ -87,6 +83,20 @@ class SuperSeeder:
         recent.append((now, peer))
         chunks[index] = recent
         return True
+
+    def refuses(self, digest: str, index: int, *, now: float, alive: Callable[[str], bool]) -> bool:
+        """Would a peer that holds no grant of chunk ``index`` be refused it now (its copies are
+        granted)? A passer is granted it regardless. Records nothing."""
+        if self.copies <= 0 or digest not in self._seeding or self._lapsed(digest, now):
+            return False
+        grants = self._granted.get(digest, {}).get(index, ())
+        return len(self._recent(grants, now, alive)) >= self.copies
+
+    def _recent(
+        self, grants: Iterable[tuple[float, str]], now: float, alive: Callable[[str], bool]
+    ) -> list[tuple[float, str]]:
+        """The grants still in force: within the window, to a peer still linked."""
+        return [(at, holder) for at, holder in grants if now - at < self.window and alive(holder)]
 
     def revoke(self, digest: str, index: int, peer: str) -> None:
         """``peer`` cancelled chunk ``index`` (a push it did not take, a request it no longer
