@@ -301,8 +301,8 @@ class SimNode:
             else:
                 self._enqueue_upload(peer, message.digest, message.index)
             return
-        if isinstance(message, Cancel):
-            self.serving.cancel(sender, message.digest, message.index)
+        if isinstance(message, Cancel):  # as SwarmNode: a granted chunk's grant goes with it
+            self.serving.cancelled(sender, message.digest, message.index)
             return
         digest = message.digest  # type: ignore[union-attr]
         sim = self.sessions.get(digest)
