@@ -4,7 +4,7 @@
         [--rtt-ms 0] [--strategy direct,central,bittorrent,p2pull,floor] \
         [--discovery static|mdns] \
         [--late-joiners 0.5 --late-delay 5] [--out-dir DIR | --out FILE.json] [--no-plot] \
-        [--py-spy DIR] [--repeat N]
+        [--py-spy DIR] [--repeat N] [--slow K --slow-rate-mbit R]
 
 Run as root. For each strategy a fresh network of namespaces is built (``tests/netns.py``): host 0
 runs the origin (``python -m p2pull.testing.serve``), hosts 1..N are the nodes; every host's link
@@ -24,9 +24,13 @@ of delay (netem under the tbf). Strategies:
 
 ``--repeat N`` runs every strategy N times, interleaved, and reports the run with the median
 slowest node (and every run's slowest node): this machine's run-to-run spread is about ±5 %.
-``--late-joiners F --late-delay S``: the last ``round(F * N)`` nodes start S seconds after the
-others (every strategy). With ``--layers K`` the origin serves K blobs that split ``--size`` and
-each node fetches all of them in parallel (as containerd does). Reported per strategy: origin
+``--slow K``: K nodes, none of them a layer's seed (its HRW-first agent), are shaped to
+``--slow-rate-mbit`` both ways (a slow NIC); each node's completion is then reported over its own
+bound, the fast and the slow nodes apart (``fast_slowest_over_lower_bound``,
+``slow_slowest_over_lower_bound``). ``--late-joiners F --late-delay S``: the last
+``round(F * N)`` nodes start S seconds after the others (every strategy). With ``--layers K``
+the origin serves K blobs that split ``--size`` and each node fetches all of them in parallel
+(as containerd does). Reported per strategy: origin
 egress / size from the origin host's interface counters (wire bytes, and wire bytes minus
 per-packet header bytes) and from the origin's own count (plus the seeder's, for bittorrent);
 per-node pull time (p50, max) and finish time since the first node began; the bandwidth lower
@@ -63,13 +67,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.config import DEFAULT_MIN_CHUNKS, parse_size  # noqa: E402
-from bench.agents import MIRROR_PORT, agent_metrics, start_agents  # noqa: E402
+from bench.agents import MIRROR_PORT, PEER_PORT, agent_metrics, start_agents  # noqa: E402
 from bench.bittorrent import Swarm, bittorrent_missing  # noqa: E402
 from bench.central import start_cache  # noqa: E402
 from bench.floor import HTTP_PORT as FLOOR_PORT  # noqa: E402
 from bench.floor import start_floor  # noqa: E402
 from bench.plot import write_plot  # noqa: E402
+from p2pull.membership import Member, rank  # noqa: E402
 from tests.netns import (  # noqa: E402
+    Host,
     NetnsError,
     Network,
     iface_counters,
@@ -157,6 +163,29 @@ async def add_delay(net: Network, rtt_ms: float, rate_bit: int) -> None:
             raise SystemExit(f"swarm_bench: --rtt-ms needs the netem qdisc: {exc}") from None
 
 
+def slow_slots(nodes: list[Host], digests: list[str], count: int) -> list[int]:
+    """The first ``count`` node slots (0-based) that seed no layer (their agent is not the
+    first in any layer's HRW order), so that the slow nodes slow only themselves, if anything."""
+    members = [Member.of(host.ip, PEER_PORT) for host in nodes]
+    seeds = {rank(members, digest)[0] for digest in digests}
+    slots = [slot for slot, member in enumerate(members) if member not in seeds]
+    return slots[:count]
+
+
+async def slow_down(net: Network, hosts: list[Host], rate_bit: int) -> None:
+    """Shape ``hosts``' links to ``rate_bit``, both ways (their end and the bridge's port)."""
+    burst = max(rate_bit // 8 // 100, 16_000)
+    for host in hosts:
+        for netns, dev in ((host.netns, host.dev), (net.switch, f"v{host.index}")):
+            result = await trio.run_process(
+                ["tc", "-n", netns, "qdisc", "replace", "dev", dev, "root", "tbf",
+                 "rate", f"{rate_bit}bit", "burst", str(burst), "latency", "50ms"],
+                capture_stdout=True, capture_stderr=True, check=False,
+            )  # fmt: skip
+            if result.returncode != 0:
+                raise NetnsError(f"tc on {netns}/{dev}: {result.stderr.decode().strip()}")
+
+
 @contextlib.asynccontextmanager
 async def profilers(directory: Path | None, pids: list[int]) -> AsyncIterator[None]:
     """py-spy record on each pid while the body runs; SIGINT makes it write its file."""
@@ -212,6 +241,9 @@ async def run_on(
             serve = await net.start(origin_host, *serve_argv, env=env, stderr=err, cwd=str(ROOT))
         served = await read_json_line(serve)
         size, digests = int(served["size"]), list(served["digests"])
+        slow = slow_slots(nodes, digests, args.slow)
+        slow_bit = int(args.slow_rate_mbit * 1_000_000)
+        await slow_down(net, [nodes[slot] for slot in slow], slow_bit)
         agents: list[trio.Process] = []  # the helpers whose CPU is reported
         if strategy == "p2pull":
             agents = await start_agents(
@@ -288,11 +320,15 @@ async def run_on(
     first = min(r["began"] for r in results)
     finished = sorted(r["began"] + r["seconds"] - first for r in results)
     per_node = [
-        {"node": slot + 1, "late": slot in late, "seconds": round(r["seconds"], 3),
+        {"node": slot + 1, "late": slot in late, "slow": slot in slow,
+         "seconds": round(r["seconds"], 3),
          "finished_s": round(r["began"] + r["seconds"] - first, 3)}
         for slot, r in enumerate(results)
     ]  # fmt: skip
     lower_bound = size * 8 / rate_bit  # node and origin links have the same rate here
+    slow_bound = size * 8 / min(slow_bit, rate_bit) if slow else lower_bound
+    fast_over = [r["seconds"] / lower_bound for s, r in enumerate(results) if s not in slow]
+    slow_over = [r["seconds"] / slow_bound for s, r in enumerate(results) if s in slow]
     wire = tx_after - tx_before
     busy = machine_after[0] - machine_before[0]
     machine_busy = busy / max(machine_after[1] - machine_before[1], 1e-9)
@@ -306,6 +342,10 @@ async def run_on(
         "rtt_ms": args.rtt_ms,
         "late_joiners": len(late),
         "late_delay_s": args.late_delay if late else 0.0,
+        "slow_nodes": [slot + 1 for slot in slow],
+        "slow_rate_mbit": args.slow_rate_mbit if slow else None,
+        "fast_slowest_over_lower_bound": round(max(fast_over), 3) if fast_over else None,
+        "slow_slowest_over_lower_bound": round(max(slow_over), 3) if slow_over else None,
         "ok": not failed,
         "failed": failed,
         "origin_egress_wire": round(wire / size, 4),
@@ -418,6 +458,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--late-joiners", type=float, default=0.0, help="fraction of nodes that start late"
     )
     parser.add_argument("--late-delay", type=float, default=5.0, help="their delay, seconds")
+    parser.add_argument("--slow", type=int, default=0, help="nodes with a slow link (no seed)")
+    parser.add_argument(
+        "--slow-rate-mbit", type=float, default=None, help="their rate (default: a tenth)"
+    )
     parser.add_argument(
         "--bt-piece-size",
         default="4MiB",
@@ -458,6 +502,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--strategy bittorrent: {reason}")
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
+    if args.slow_rate_mbit is None:
+        args.slow_rate_mbit = args.rate_mbit / 10
+    if not 0 <= args.slow < args.nodes or args.slow_rate_mbit <= 0:
+        parser.error("--slow must be in [0, --nodes) and --slow-rate-mbit > 0")
+    if args.slow and args.rtt_ms > 0:
+        parser.error("--slow and --rtt-ms together are not supported (both reshape the links)")
     if args.nodes < 1 or args.layers < 1 or args.size_bytes < args.layers:
         parser.error("--nodes and --layers must be >= 1, --size at least one byte per layer")
     return args

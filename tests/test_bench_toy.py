@@ -10,6 +10,7 @@ JSON and Markdown it writes and that the figures are sane; no plot (matplotlib i
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import shutil
@@ -24,7 +25,8 @@ import trio
 
 from bench import swarm_bench
 from bench.bittorrent import bittorrent_missing
-from tests.netns import netns_missing
+from p2pull.membership import Member, rank
+from tests.netns import Host, netns_missing
 
 NODES = 3
 SIZE = 8 << 20
@@ -155,3 +157,13 @@ def test_a_nodes_client_asks_for_every_layer_at_once() -> None:
     assert result["codes"] == ["200"] * 3 and result["bytes"] == 9
     assert len(arrivals) == 3 and max(arrivals) - min(arrivals) < 0.5
     assert result["seconds"] < 2.0  # one second each, all at once
+
+
+def test_slow_nodes_are_never_a_layers_seed() -> None:
+    hosts = [Host(i, f"ns{i}", f"198.18.0.{10 + i}") for i in range(1, 9)]
+    digests = ["sha256:" + hashlib.sha256(bytes([layer])).hexdigest() for layer in range(3)]
+    members = [Member.of(host.ip, swarm_bench.PEER_PORT) for host in hosts]
+    seeds = {members.index(rank(members, digest)[0]) for digest in digests}
+    slow = swarm_bench.slow_slots(hosts, digests, 4)
+    assert len(slow) == 4 and not seeds & set(slow)
+    assert slow == sorted(set(range(8)) - seeds)[:4]
