@@ -7,9 +7,11 @@ Every node runs the agent's pure protocol (``BlobSession``, the scheduler, relay
 super-seeding, latecomers, upload admission, HRW membership: ``bench/simnode.py``) over a byte
 model of a cluster (``bench/simnet.py``): per-node links, racks of ``--rack`` nodes behind a
 shared uplink ``--oversub`` times narrower than their nodes together, one-way ``--latency-ms``,
-an origin with its own uplink. A fraction ``--slow`` of the nodes have ``--slow-factor`` times
-their rate; ``--late`` of them start ``--late-delay`` s after the others; ``--kill T:K`` kills K
-nodes (the first blob's seed among them) at T s. Every node's client wants every layer at once.
+an origin with its own uplink. A fraction ``--slow`` of the nodes, never a layer's seed (as in
+``bench/swarm_bench.py --slow``: a slow seed bounds its layer for everyone), have
+``--slow-factor`` times their rate; ``--late`` of them start ``--late-delay`` s after the
+others; ``--kill T:K`` kills K nodes (the first blob's seed among them) at T s. Every node's
+client wants every layer at once.
 
 One JSON line (``--json``) or a short report: origin bytes over the image size, each node's
 completion over its lower bound (the image at ``min(its downlink, the origin's uplink)``: p50,
@@ -37,7 +39,7 @@ if str(ROOT) not in sys.path:
 from agent.config import DEFAULT_CHUNK_SIZE, DEFAULT_MIN_CHUNKS  # noqa: E402
 from bench.simnet import Clock, Host, Link, Network  # noqa: E402
 from bench.simnode import Blob, SimNode, World  # noqa: E402
-from p2pull.membership import Member, Membership, rack_of  # noqa: E402
+from p2pull.membership import Member, Membership, rack_of, rank  # noqa: E402
 from p2pull.peer.events import SessionConfig  # noqa: E402
 from p2pull.store.types import chunk_size_for  # noqa: E402
 
@@ -55,6 +57,10 @@ def address(index: int, rack_size: int) -> Member:
     member's rack from its address: ``--rack-prefix 24``)."""
     rack, slot = divmod(index, rack_size)
     return Member.of(f"198.{18 + (rack >> 8)}.{rack & 255}.{slot + 1}", 5051)
+
+
+def layer_digest(seed: int, layer: int) -> str:
+    return "sha256:" + hashlib.sha256(f"{seed} layer {layer}".encode()).hexdigest()
 
 
 class SharedMembership:
@@ -95,7 +101,12 @@ def build(args: argparse.Namespace) -> World:
     net = Network(clock=clock, latency=args.latency_ms / 1000, queue=args.queue_ms / 1000)
     rate = args.rate_gbit * 1e9 / 8
     racks = math.ceil(args.nodes / args.rack)
-    slow = set(rng.sample(range(args.nodes), round(args.slow * args.nodes)))
+    members = [address(i, args.rack) for i in range(args.nodes)]
+    digests = [layer_digest(args.seed, layer) for layer in range(args.layers)]
+    seeds = {members.index(rank(members, digest)[0]) for digest in digests}
+    drawn = rng.sample(range(args.nodes), round(args.slow * args.nodes))
+    spare = (i for i in range(args.nodes) if i not in drawn and i not in seeds)
+    slow = {next(spare) if i in seeds else i for i in drawn}
     for index in range(args.nodes):
         node_rate = rate * (args.slow_factor if index in slow else 1.0)
         net.hosts.append(Host(Link(node_rate), Link(node_rate), index // args.rack))
@@ -113,7 +124,6 @@ def build(args: argparse.Namespace) -> World:
         far_wait=args.far_wait,
     )
     world = World(clock=clock, net=net, session_config=config)
-    members = [address(i, args.rack) for i in range(args.nodes)]
     racks_of = {m.node_id: ("" if args.no_racks else rack_of(m.node_id, 24)) for m in members}
     world.rack = racks_of.__getitem__
     everyone = frozenset(members)
@@ -128,7 +138,7 @@ def build(args: argparse.Namespace) -> World:
         world.index_of[member.node_id] = index
     size, layers = args.size, args.layers
     for layer in range(layers):
-        digest = "sha256:" + hashlib.sha256(f"{args.seed} layer {layer}".encode()).hexdigest()
+        digest = digests[layer]
         part = size // layers + (size % layers if layer == layers - 1 else 0)
         chunk_size = chunk_size_for(part, args.chunk_size, args.min_chunks)  # as an agent would
         world.blobs[digest] = Blob(digest, "sim/image", part, chunk_size)

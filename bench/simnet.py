@@ -2,15 +2,16 @@
 
 Not the protocol: ``bench/simnode.py`` runs the agent's own pure protocol code over this.
 
-Every byte stream crosses a chain of links, each a FIFO at a rate: the sender's uplink, then
-(between racks) its rack's uplink and the other rack's downlink, then the receiver's downlink
-(from the origin: the origin's uplink, the rack's downlink, the node's downlink). A transfer of
-``n`` bytes holds each link for ``n / rate`` after what it already carries, and streams through
-(cut-through: a link starts passing the bytes as the one before it starts sending them, and
-cannot finish before it). Then ``latency`` (one way). Messages between two nodes arrive in the
-order they were sent, as on a TCP connection. This is the same model as the tests' in-memory
-network (``p2pull/testing/peernet.py``) with racks added: coarse (no TCP dynamics), exact in
-bytes.
+Every byte stream crosses a chain of links: the sender's uplink, then (between racks) its
+rack's uplink and the other rack's downlink, then the receiver's downlink (from the origin: the
+origin's uplink, the rack's downlink, the node's downlink). Each link is a fluid queue at a
+rate: a transfer of ``n`` bytes adds ``n / rate`` to the backlog of every link on its path (from
+now, after what each already has to carry), and has arrived when the last of them is done with
+it, then ``latency`` (one way). A link carries its backlog without pause: a stream from a slow
+sender takes a share of a fast receiver's downlink, not the whole of it while it trickles in.
+Messages between two nodes arrive in the order they were sent, as on a TCP connection. This is
+the same model as the tests' in-memory network (``p2pull/testing/peernet.py``) with racks
+added: coarse (no TCP dynamics), exact in bytes.
 
 A control message (``urgent``: anything but a piece) waits at each link for what is queued
 there, but at most ``queue`` seconds: on its own TCP connection it queues only behind the
@@ -98,26 +99,17 @@ class Network:
     ) -> tuple[float, float]:
         """Start ``size`` bytes from ``src`` to ``dst`` now: (when the first link is done with
         them, when they arrive). Ordered after everything sent earlier between the two."""
-        now = self.clock.now
-        start = now
-        done = now
-        if urgent:
-            for link in self.path(src, dst):
-                took = size / link.rate
-                start += min(max(0.0, link.free - start), self.queue) + took
-                link.free = max(link.free, start - took) + took
-                link.carried += size
-            return self._arrive(src, dst, start)
-        for k, link in enumerate(self.path(src, dst)):
-            begin = max(start, link.free)
-            finish = begin + size / link.rate
-            done = finish if k == 0 else max(done, finish)
-            link.free = done
+        now = at = self.clock.now
+        finished = []
+        for link in self.path(src, dst):
+            took = size / link.rate
+            at += min(max(0.0, link.free - at), self.queue) + took  # an urgent message's way
+            link.free = max(link.free, now) + took
             link.carried += size
-            start = begin
-            if k == 0:
-                sender_done = done
-        return sender_done, self._arrive(src, dst, done)[1]
+            finished.append(link.free)
+        if urgent:
+            return self._arrive(src, dst, at)
+        return finished[0], self._arrive(src, dst, max(finished))[1]
 
     def _arrive(self, src: int | None, dst: int, done: float) -> tuple[float, float]:
         arrival = done + self.latency

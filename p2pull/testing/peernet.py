@@ -72,11 +72,15 @@ class MemoryStream(trio.abc.HalfCloseableStream):
                 await trio.lowlevel.checkpoint()
                 return
             local, remote, size = self._local, self._remote, len(payload)
-            left = max(trio.current_time(), local.up_free) + size / local.up
+            now = trio.current_time()
+            left = max(now, local.up_free) + size / local.up
             local.up_free = left
-            # the receiver's downlink takes the bytes as they come, after what it carries
-            arrived = max(left, max(remote.down_free, left - size / local.up) + size / remote.down)
-            remote.down_free = arrived
+            # the receiver's downlink carries them after what it already has to, and they have
+            # arrived once both links are done with them (a fluid queue: a slow sender uses a
+            # share of the downlink, it does not hold the whole of it)
+            taken = max(now, remote.down_free) + size / remote.down
+            remote.down_free = taken
+            arrived = max(left, taken)
             local.sent += size
             remote.received += size
             await trio.sleep_until(left)
