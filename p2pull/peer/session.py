@@ -463,7 +463,7 @@ class BlobSession:
         )
         have = Have(self.digest, index, sha256)
         superseed, linked = self.node.serving.superseed, self.node.serving.linked
-        # the members the seed would refuse it are told so with the hash: they ask the relay
+        # the members the seed would refuse it are told so with the hash: they ask its holder
         refused = self.seeding and superseed.refuses(self.digest, index, now=now, alive=linked)
         seeded = Seeded(self.digest, index, sha256) if refused else have
         for peer in lacking:
