@@ -372,11 +372,13 @@ class SimNode:
         piece = Piece(digest, index, FakeData(length, corrupt=self.corrupt))  # type: ignore[arg-type]
         self.stats.uploaded += length
         arrival = world.send(self, world.nodes[peer].node_id, piece)
-        world.clock.at(arrival, self._upload_done, peer)
+        world.clock.at(arrival, self._upload_done, peer, world.clock.now)
 
-    def _upload_done(self, peer: int) -> None:
+    def _upload_done(self, peer: int, began: float) -> None:
         self._active -= 1
         self._active_per_link[peer] -= 1
+        if peer in self.links:  # the piece arrived
+            self.serving.timed(self.world.nodes[peer].node_id, self.world.clock.now - began)
         self.serving.end()
         self._start_uploads()
 

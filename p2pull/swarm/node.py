@@ -360,13 +360,17 @@ class SwarmNode:
                 if not self.serving.begin(peer, digest, index):
                     return  # cancelled while it waited
                 try:
-                    await self._send_piece(link, request)
+                    took = await self._send_piece(link, request)
+                    if took is not None:
+                        self.serving.timed(peer, took)
                 finally:
                     self.serving.end()
         finally:
             self.serving.cancel(peer, digest, index)  # never began: no longer waiting
 
-    async def _send_piece(self, link: PeerLink, request: Request) -> None:
+    async def _send_piece(self, link: PeerLink, request: Request) -> float | None:
+        """Upload the chunk (or Reject it); the seconds the whole piece took to go out, or
+        None if it did not."""
         blob = self.store.lookup(Digest.parse(request.digest))
         if (
             blob is None
@@ -374,13 +378,16 @@ class SwarmNode:
             or not blob.bitfield.has(request.index)
         ):
             link.send(Reject(request.digest, request.index, "not held"))
-            return
+            return None
         _, length = blob.chunk_span(request.index)
         await self.upload_limit.acquire(length)
+        began = self.clock()
         try:
             sent = await link.upload(request.digest, request.index, blob)
         except (StoreError, P2pullError) as exc:
             link.send(Reject(request.digest, request.index, f"store: {exc}"[:1000]))
-            return
-        if sent:
-            self.metrics.peer_upload_bytes.inc(length)
+            return None
+        if not sent:
+            return None
+        self.metrics.peer_upload_bytes.inc(length)
+        return self.clock() - began
