@@ -372,13 +372,11 @@ class SimNode:
         piece = Piece(digest, index, FakeData(length, corrupt=self.corrupt))  # type: ignore[arg-type]
         self.stats.uploaded += length
         arrival = world.send(self, world.nodes[peer].node_id, piece)
-        world.clock.at(arrival, self._upload_done, peer, world.clock.now)
+        world.clock.at(arrival, self._upload_done, peer)
 
-    def _upload_done(self, peer: int, began: float) -> None:
+    def _upload_done(self, peer: int) -> None:
         self._active -= 1
         self._active_per_link[peer] -= 1
-        if peer in self.links:  # the piece arrived
-            self.serving.timed(self.world.nodes[peer].node_id, self.world.clock.now - began)
         self.serving.end()
         self._start_uploads()
 

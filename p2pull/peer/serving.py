@@ -7,8 +7,7 @@ uploads are under way or waiting is refused "busy" (the requester asks another h
 instead of queueing behind a busy uplink while others idle). A chunk is pushed to a peer only
 while fewer than ``push_backlog`` of that peer's uploads wait for a slot; otherwise the caller
 sends a Have and the peer asks when it can. Chunks this node fetched from the origin are
-granted to one peer each (``p2pull.peer.superseed``), and not to a slow receiver while a quicker
-one lacks them (``slow_receivers``: the shell reports how long each upload took, ``timed``).
+granted to one peer each (``p2pull.peer.superseed``).
 """
 
 from __future__ import annotations
@@ -20,9 +19,6 @@ from p2pull.peer.messages import REJECT_BUSY, BlobInfo, Message, Unavailable, pe
 from p2pull.peer.superseed import SuperSeeder
 
 PUSH_BACKLOG = 2  # relayed chunks (or requests) of one peer waiting for an upload slot, at most
-SLOW_RECEIVER = 4.0  # a peer whose uploads take this many times the median peer's is slow
-UPLOAD_SMOOTHING = 0.3  # weight of the newest upload in a peer's upload time
-TIMED_RECEIVERS = 3  # peers timed at least, for a median to compare with
 REJECT_SEEDED = "seeded: ask the peers"
 FAILED_FOR = 120.0  # seconds a seed that gave up on a blob says so to those who ask
 DISTRUST_FOR = 3600.0  # seconds a seed whose blob failed its digest is passed over for it
@@ -54,7 +50,6 @@ class Serving:
         self.active = 0  # uploads holding a slot
         self._failed: dict[str, tuple[float, str]] = {}  # digest -> (when, why) it failed here
         self._lied: dict[str, dict[str, float]] = {}  # digest -> seeds whose blob was bad, when
-        self._upload_seconds: dict[str, float] = {}  # per peer: how long its uploads take
 
     @property
     def backlog(self) -> int:
@@ -113,24 +108,6 @@ class Serving:
     def end(self) -> None:
         """An upload that began has ended (sent, failed or dropped with its link)."""
         self.active -= 1
-
-    def timed(self, peer: str, seconds: float) -> None:
-        """An upload of a chunk to ``peer`` took ``seconds`` from its slot to its last byte."""
-        last = self._upload_seconds.get(peer)
-        self._upload_seconds[peer] = (
-            seconds if last is None else last + UPLOAD_SMOOTHING * (seconds - last)
-        )
-
-    def slow_receivers(self) -> set[str]:
-        """Peers whose uploads take over SLOW_RECEIVER times the median timed peer's (empty
-        until TIMED_RECEIVERS are timed). A chunk pushed to one holds an upload slot that long,
-        and, fresh from the origin, is held only there while the others wait for it."""
-        times = self._upload_seconds
-        if len(times) < TIMED_RECEIVERS:
-            return set()
-        ordered = sorted(times.values())
-        median = ordered[len(ordered) // 2]
-        return {peer for peer, seconds in times.items() if seconds > SLOW_RECEIVER * median}
 
     def waiting(self, peer: str) -> int:
         return self._waiting_by_peer.get(peer, 0)

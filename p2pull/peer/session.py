@@ -454,13 +454,9 @@ class BlobSession:
             self._origin_trouble = None  # it answers again
         push = Push(self.digest, index, sha256)
         lacking = self._lacking(index)
-        takers = [peer for peer in lacking if peer not in self.passers]
-        if self.seeding:  # a fresh chunk is held only where it goes: not at a slow receiver
-            slow = self.node.serving.slow_receivers()
-            takers = [peer for peer in takers if peer not in slow] or takers
         pushed = self.relay.push_out(
             index,
-            takers,
+            [peer for peer in lacking if peer not in self.passers],
             seeding=self.seeding,
             from_origin=from_origin,
             push=lambda peer: self._try_push(peer, push, now),

@@ -360,17 +360,13 @@ class SwarmNode:
                 if not self.serving.begin(peer, digest, index):
                     return  # cancelled while it waited
                 try:
-                    took = await self._send_piece(link, request)
-                    if took is not None:
-                        self.serving.timed(peer, took)
+                    await self._send_piece(link, request)
                 finally:
                     self.serving.end()
         finally:
             self.serving.cancel(peer, digest, index)  # never began: no longer waiting
 
-    async def _send_piece(self, link: PeerLink, request: Request) -> float | None:
-        """Upload the chunk (or Reject it); the seconds the whole piece took to go out, or
-        None if it did not."""
+    async def _send_piece(self, link: PeerLink, request: Request) -> None:
         blob = self.store.lookup(Digest.parse(request.digest))
         if (
             blob is None
@@ -378,16 +374,13 @@ class SwarmNode:
             or not blob.bitfield.has(request.index)
         ):
             link.send(Reject(request.digest, request.index, "not held"))
-            return None
+            return
         _, length = blob.chunk_span(request.index)
         await self.upload_limit.acquire(length)
-        began = self.clock()
         try:
             sent = await link.upload(request.digest, request.index, blob)
         except (StoreError, P2pullError) as exc:
             link.send(Reject(request.digest, request.index, f"store: {exc}"[:1000]))
-            return None
-        if not sent:
-            return None
-        self.metrics.peer_upload_bytes.inc(length)
-        return self.clock() - began
+            return
+        if sent:
+            self.metrics.peer_upload_bytes.inc(length)
