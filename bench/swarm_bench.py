@@ -82,6 +82,7 @@ from tests.netns import (  # noqa: E402
     netns_missing,
     netns_network,
     read_json_line,
+    reshape,
 )
 
 STRATEGIES = ("direct", "central", "bittorrent", "p2pull", "floor")
@@ -172,20 +173,6 @@ def slow_slots(nodes: list[Host], digests: list[str], count: int) -> list[int]:
     return slots[:count]
 
 
-async def slow_down(net: Network, hosts: list[Host], rate_bit: int) -> None:
-    """Shape ``hosts``' links to ``rate_bit``, both ways (their end and the bridge's port)."""
-    burst = max(rate_bit // 8 // 100, 16_000)
-    for host in hosts:
-        for netns, dev in ((host.netns, host.dev), (net.switch, f"v{host.index}")):
-            result = await trio.run_process(
-                ["tc", "-n", netns, "qdisc", "replace", "dev", dev, "root", "tbf",
-                 "rate", f"{rate_bit}bit", "burst", str(burst), "latency", "50ms"],
-                capture_stdout=True, capture_stderr=True, check=False,
-            )  # fmt: skip
-            if result.returncode != 0:
-                raise NetnsError(f"tc on {netns}/{dev}: {result.stderr.decode().strip()}")
-
-
 @contextlib.asynccontextmanager
 async def profilers(directory: Path | None, pids: list[int]) -> AsyncIterator[None]:
     """py-spy record on each pid while the body runs; SIGINT makes it write its file."""
@@ -243,7 +230,8 @@ async def run_on(
         size, digests = int(served["size"]), list(served["digests"])
         slow = slow_slots(nodes, digests, args.slow)
         slow_bit = int(args.slow_rate_mbit * 1_000_000)
-        await slow_down(net, [nodes[slot] for slot in slow], slow_bit)
+        for slot in slow:
+            await reshape(net, nodes[slot], rate_bit=slow_bit)
         agents: list[trio.Process] = []  # the helpers whose CPU is reported
         if strategy == "p2pull":
             agents = await start_agents(

@@ -205,10 +205,17 @@ async def _ns_setup(netns: str) -> None:
     await _run("ip", "-n", netns, "link", "set", "lo", "up")
 
 
-async def _shape(netns: str, dev: str, *, rate_bit: int, latency: str) -> None:
+async def reshape(net: Network, host: Host, *, rate_bit: int, latency: str = "50ms") -> None:
+    """Shape ``host``'s link to ``rate_bit`` both ways (its end and the bridge's port), in place
+    of what ``netns_network`` set."""
+    for netns, dev in ((host.netns, host.dev), (net.switch, f"v{host.index}")):
+        await _shape(netns, dev, rate_bit=rate_bit, latency=latency, verb="replace")
+
+
+async def _shape(netns: str, dev: str, *, rate_bit: int, latency: str, verb: str = "add") -> None:
     burst = max(rate_bit // 8 // 100, 16_000)  # 10 ms worth of bytes, at least a few packets
     await _run(
-        "tc", "-n", netns, "qdisc", "add", "dev", dev, "root", "tbf",
+        "tc", "-n", netns, "qdisc", verb, "dev", dev, "root", "tbf",
         "rate", f"{rate_bit}bit", "burst", str(burst), "latency", latency,
     )  # fmt: skip
 

@@ -14,12 +14,12 @@ from p2pull.peer.events import (
     LinkUp,
     PeerMessage,
     PushPiece,
-    Send,
     SessionConfig,
 )
 from p2pull.peer.messages import BlobInfo, Have, Interested, Passing, Request, Seeded
 from p2pull.peer.session import BlobSession
 from tests import test_session_seed_dial as seed_dial
+from tests.test_session_passing import sent
 from tests.test_session_seed_dial import DIGEST
 
 CHUNK = 1 << 20
@@ -33,12 +33,6 @@ def hrw_order() -> list[str]:
     probe = Membership(self_member=MEMBERS[0])
     probe.update_source("static", MEMBERS, now=0.0)
     return [m.node_id for m in probe.ranking(DIGEST, now=0.0)[0]]
-
-
-def sent(actions: list[Action], kind: type) -> list[tuple[str, object]]:
-    return [
-        (a.peer, a.message) for a in actions if isinstance(a, Send) and isinstance(a.message, kind)
-    ]
 
 
 def seeding(*, copies: int = 1) -> tuple[BlobSession, list[str], str]:
