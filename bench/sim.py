@@ -16,7 +16,8 @@ client wants every layer at once.
 One JSON line (``--json``) or a short report: origin bytes over the image size, each node's
 completion over its lower bound (the image at ``min(its downlink, the origin's uplink)``: p50,
 p99, max), peer connections per node, control messages and bytes per node, bytes that crossed
-a rack boundary over ``racks x size``, and the run's own cost (events, wall seconds).
+a rack boundary over ``racks x size`` (all bytes, and chunk bytes alone), and the run's own
+cost (events, wall seconds).
 """
 
 from __future__ import annotations
@@ -238,6 +239,9 @@ def report(args: argparse.Namespace, world: World, *, wall: float) -> dict[str, 
         "cross_rack_ratio": round(world.net.cross_rack_bytes / (racks * size), 3)
         if racks > 1
         else 0.0,
+        "cross_rack_data_ratio": round(world.net.cross_rack_data / (racks * size), 3)
+        if racks > 1
+        else 0.0,
         "sim_seconds": round(world.clock.now, 3),
         "events": world.clock.events,
         "wall_seconds": round(wall, 1),
@@ -300,7 +304,8 @@ def markdown_row(argv: list[str], result: dict[str, Any]) -> str:
     return (
         f"| `{shown}` | {result['origin_ratio']:.2f} | {bound['p50']:.2f} / {bound['p99']:.2f} / "
         f"{bound['max']:.2f} | {links['p50']:g} / {links['max']} | {control['p50']:,.0f} / "
-        f"{control['max']:,} | {result['cross_rack_ratio']:.1f}x |"
+        f"{control['max']:,} | {result['cross_rack_ratio']:.2f}x / "
+        f"{result['cross_rack_data_ratio']:.2f}x |"
     )
 
 

@@ -60,6 +60,7 @@ class Link:
     rate: float
     free: float = 0.0
     carried: int = 0
+    data: int = 0  # of which pieces (chunk bytes), not control messages
 
 
 @dataclass(slots=True)
@@ -84,6 +85,10 @@ class Network:
     def cross_rack_bytes(self) -> int:
         return sum(link.carried for link in self.rack_down)
 
+    @property
+    def cross_rack_data(self) -> int:
+        return sum(link.data for link in self.rack_down)
+
     def path(self, src: int | None, dst: int) -> list[Link]:
         """The links from ``src`` (None: the origin, outside every rack) to ``dst``."""
         to = self.hosts[dst]
@@ -106,6 +111,7 @@ class Network:
             at += min(max(0.0, link.free - at), self.queue) + took  # an urgent message's way
             link.free = max(link.free, now) + took
             link.carried += size
+            link.data += 0 if urgent else size
             finished.append(link.free)
         if urgent:
             return self._arrive(src, dst, at)

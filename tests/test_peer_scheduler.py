@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from p2pull.bitfield import Bitfield
-from p2pull.peer.scheduler import DOWNLINK_GAIN, PUSHES_PER_PEER, Assignment, Scheduler
+from p2pull.peer.scheduler import (
+    DOWNLINK_GAIN,
+    FAR_TAIL,
+    PUSHES_PER_PEER,
+    Assignment,
+    Scheduler,
+)
 
 
 def bits(pattern: str) -> Bitfield:
@@ -614,32 +620,109 @@ def test_holders_in_the_nodes_rack_are_asked_first() -> None:
     assert plain.next_requests(now=0.0) == reqs("far-a:0")  # racks unknown: by peer id
 
 
-def test_a_chunk_only_far_holders_have_waits_far_wait_pieces_for_a_near_one() -> None:
-    scheduler = Scheduler(
-        chunk_count=3,
+def racked(node_id: str, *, chunks: int, far_wait: float = 4.0) -> Scheduler:
+    """A scheduler of node ``node_id`` whose rack is the peers named ``near-*``."""
+    return Scheduler(
+        chunk_count=chunks,
         max_in_flight_per_peer=1,
         endgame_duplicates=1,
         near=lambda peer: peer.startswith("near"),
-        far_wait=4.0,
+        far_wait=far_wait,
+        node_id=node_id,
+        blob_key=b"sha256:blob",
     )
-    scheduler.add_peer("near-a", bits("100"))
-    scheduler.add_peer("far-b", bits("011"))
-    assert scheduler.next_requests(now=0.0) == reqs("near-a:0 far-b:1")  # untimed: no wait
-    scheduler.on_piece("near-a", 0, now=0.5)
-    scheduler.have(0)
-    assert scheduler.piece_seconds == 0.5
-    scheduler.on_piece("far-b", 1, now=1.0)
-    scheduler.have(1)
-    assert scheduler.piece_seconds == pytest.approx(0.6)  # 0.5 + 0.2 x (1.0 - 0.5)
-    assert scheduler.next_requests(now=1.0) == []  # chunk 2 only afar: wait 4 x 0.6 s
-    assert scheduler.next_deadline() == pytest.approx(3.4)
-    assert scheduler.next_requests(now=3.4) == reqs("far-b:2")
-    near_soon = Scheduler(chunk_count=1, near=lambda peer: peer.startswith("near"), far_wait=4.0)
-    near_soon.piece_seconds = 0.5
-    near_soon.add_peer("far-b", bits("1"))
-    assert near_soon.next_requests(now=0.0) == []
-    near_soon.add_peer("near-a", bits("1"))  # it came near meanwhile: asked at once
-    assert near_soon.next_requests(now=0.1) == reqs("near-a:0")
+
+
+def test_each_chunk_only_other_racks_hold_is_fetched_across_at_once_by_one_node_of_the_rack() -> (
+    None
+):
+    """Two nodes of a rack that know each other: for each chunk, exactly one (its rack leader)
+    asks a far holder at once; the other waits ``far_wait`` typical pieces for it to come near."""
+    chunks, far = 12, ("far-1", "far-2", "far-3", "far-4", "far-5", "far-6")
+    nodes = {name: racked(name, chunks=chunks) for name in ("near-a", "near-b")}
+    asked: dict[str, set[int]] = {}
+    for name, scheduler in nodes.items():
+        scheduler.piece_seconds = 0.5
+        scheduler.add_peer("near-b" if name == "near-a" else "near-a", bits("0" * chunks))
+        for k, peer in enumerate(far):  # each lacks one chunk: none holds the whole blob
+            scheduler.add_peer(peer, bits("1" * k + "0" + "1" * (chunks - k - 1)))
+        asked[name] = {request.index for request in scheduler.next_requests(now=0.0)}
+    assert asked["near-a"].isdisjoint(asked["near-b"])
+    assert asked["near-a"] and asked["near-b"]  # each leads a share
+    follower = nodes["near-a"]
+    waiting = sorted(set(range(chunks)) - asked["near-a"])[0]
+    assert follower.next_deadline() == pytest.approx(2.0)  # 4 x 0.5 s
+    follower.peer_has("near-b", waiting)  # its leader has it now: asked near
+    assert Assignment("near-b", waiting) in follower.next_requests(now=0.1)
+
+
+def test_a_lone_node_of_its_rack_leads_every_chunk() -> None:
+    scheduler = racked("near-a", chunks=6)
+    scheduler.piece_seconds = 0.5
+    for peer in ("far-1", "far-2", "far-3"):
+        scheduler.add_peer(peer, bits("111110"))
+    assert len(scheduler.next_requests(now=0.0)) == 3  # one per far holder's free slot
+
+
+def test_a_chunk_a_near_peer_holds_is_asked_there_however_busy_it_is() -> None:
+    """A near holder that is busy (here: its one slot taken) is waited for, past ``far_wait``;
+    within the last FAR_TAIL chunks any holder will do."""
+    scheduler = racked("near-a", chunks=FAR_TAIL + 2, far_wait=1.0)
+    scheduler.piece_seconds = 0.5
+    scheduler.add_peer("near-b", bits("1" * (FAR_TAIL + 2)))
+    scheduler.add_peer("far-1", bits("1" * (FAR_TAIL + 1) + "0"))  # not the whole blob
+    first = scheduler.next_requests(now=0.0)
+    assert [request.peer for request in first] == ["near-b"]
+    assert scheduler.next_requests(now=10.0) == []  # far-1 free, but near-b holds them all
+    scheduler.on_piece("near-b", first[0].index, now=10.0)
+    scheduler.have(first[0].index)
+    second = scheduler.next_requests(now=10.0)
+    assert [request.peer for request in second] == ["near-b"]
+    scheduler.on_piece("near-b", second[0].index, now=10.5)
+    scheduler.have(second[0].index)  # FAR_TAIL chunks missing: far-1 too
+    assert sorted(r.peer for r in scheduler.next_requests(now=10.5)) == ["far-1", "near-b"]
+
+
+def test_a_far_peer_holding_the_whole_blob_is_asked_at_once() -> None:
+    """Done, its uplink has room for other racks (the blob's seed aside: it hands a chunk out
+    once, and it is no near holder to wait for)."""
+    scheduler = racked("near-a", chunks=8, far_wait=100.0)
+    scheduler.piece_seconds = 0.5
+    scheduler.add_peer("near-b", bits("0" * 8))
+    scheduler.add_peer("far-seed", bits("1" * 8))
+    scheduler.last_resort = "far-seed"
+    scheduler.add_peer("far-1", bits("11110000"))
+    leads = {r.index for r in scheduler.next_requests(now=0.0)}
+    assert all(scheduler._leading(i) for i in leads)  # only what it leads, partial holders
+    done = racked("near-a", chunks=8, far_wait=100.0)
+    done.piece_seconds = 0.5
+    done.add_peer("near-b", bits("0" * 8))
+    done.add_peer("far-done", bits("1" * 8))
+    assert done.next_requests(now=0.0) == reqs("far-done:0")  # 1 in flight per peer
+
+
+def test_the_seed_in_the_rack_is_no_near_holder_to_wait_for() -> None:
+    scheduler = racked("near-a", chunks=8, far_wait=100.0)
+    scheduler.piece_seconds = 0.5
+    scheduler.add_peer("near-seed", bits("1" * 8))
+    scheduler.last_resort = "near-seed"
+    scheduler.on_failed("near-seed", 0, now=0.0)  # it granted chunk 0 to someone else
+    scheduler.add_peer("far-1", bits("10000000"))
+    assert Assignment("far-1", 0) in scheduler.next_requests(now=0.0)  # the only one: leads
+
+
+def test_with_racks_the_rarest_chunk_in_the_rack_is_asked_for_first() -> None:
+    scheduler = Scheduler(chunk_count=2, max_in_flight_per_peer=1, near=lambda p: p < "m")
+    scheduler.add_peer("a-near", bits("11"))
+    for peer in ("x-far", "y-far", "z-far"):
+        scheduler.add_peer(peer, bits("10"))  # chunk 0: 4 holders, 1 near; chunk 1: 1, near
+    scheduler.add_peer("b-near", bits("10"))  # chunk 0: 2 near holders now
+    assert scheduler.next_requests(now=0.0)[0] == Assignment("a-near", 1)
+    plain = Scheduler(chunk_count=2, max_in_flight_per_peer=1)
+    plain.add_peer("a", bits("11"))
+    plain.add_peer("b", bits("01"))
+    plain.add_peer("c", bits("01"))
+    assert plain.next_requests(now=0.0)[0] == Assignment("a", 0)  # racks unknown: rarest
 
 
 def test_with_queued_requests_stop_at_what_the_downlink_delivers_in_the_quickest_answer() -> None:

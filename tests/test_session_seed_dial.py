@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from p2pull.membership import Member, Membership
 from p2pull.peer.events import Dial, DialFailed, NodeContext, SessionConfig
 from p2pull.peer.latecomers import Latecomers
@@ -23,9 +25,15 @@ def leech(config: SessionConfig) -> tuple[BlobSession, Membership, list[str]]:
 
 
 def session_of(
-    node_id: str, members: list[Member], config: SessionConfig, *, linked: bool = False
+    node_id: str,
+    members: list[Member],
+    config: SessionConfig,
+    *,
+    linked: bool = False,
+    rack: Callable[[str], str] = lambda node_id: "",
 ) -> BlobSession:
-    """The blob's session on ``node_id`` among ``members`` (``linked``: to every peer)."""
+    """The blob's session on ``node_id`` among ``members`` (``linked``: to every peer; each
+    node in ``rack(node_id)``, "": racks not known)."""
     membership = Membership(self_member=Member.parse(node_id))
     membership.update_source("static", members, now=0.0)
     serving = Serving(
@@ -34,7 +42,7 @@ def session_of(
         latecomers=Latecomers(window=60.0),
         linked=lambda peer: linked,
     )
-    node = NodeContext(node_id, membership, serving, config)
+    node = NodeContext(node_id, membership, serving, config, rack)
     return BlobSession(digest=DIGEST, name="lib/image", ns=None, node=node)
 
 

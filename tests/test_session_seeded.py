@@ -111,3 +111,25 @@ def test_the_seed_is_asked_again_after_the_stall_penalty_if_nobody_announces_it(
     assert requests(session.pump(now=1.0)) == []
     later = 1.0 + session.chunks.scheduler.stall_penalty  # type: ignore[union-attr]
     assert requests(session.pump(now=later)) == [(seed, 0)]
+
+
+def test_with_racks_the_seed_pushes_each_fresh_chunk_into_its_own_rack() -> None:
+    """The other racks fetch it across once each (their chunk's rack leader); the seed's own
+    rack need not fetch back what went elsewhere first."""
+    order = hrw_order()
+    rack = {m: "a" if k % 2 == 0 else "b" for k, m in enumerate(order)}  # the seed in "a"
+    config = SessionConfig(far_wait=8.0)
+    session = seed_dial.session_of(order[0], MEMBERS, config, linked=True, rack=rack.__getitem__)
+    session.start(now=0.0)
+    session.handle(BlobOpened(COUNT * CHUNK, CHUNK, Bitfield(COUNT), (None,) * COUNT), now=0.1)
+    for peer in order[1:]:
+        session.handle(PeerMessage(peer, Interested(DIGEST, "lib/image", None)), now=0.2)
+    pushed = []
+    for index in range(COUNT):
+        landed = session.handle(ChunkLanded(index, HASHES[index], "origin"), now=1.0 + index)
+        pushed += [a.peer for a in landed if isinstance(a, PushPiece)]
+    near = sorted(m for m in order[1:] if rack[m] == "a")
+    room = session.node.serving.push_backlog  # pushes waiting for one member's upload at most
+    assert len(near) == 2 and len(pushed) == COUNT
+    assert pushed[: 2 * room] == near * room  # in turn while they take it; then the others
+    assert {rack[peer] for peer in pushed[2 * room :]} == {"b"}

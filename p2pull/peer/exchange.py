@@ -49,6 +49,7 @@ class ChunkExchange:
         out: list[Action],
         near: Callable[[str], bool] | None = None,
         far_wait: float = 0.0,
+        node_id: str = "",
         passing: bool = False,
     ) -> None:
         self.digest = digest
@@ -69,6 +70,8 @@ class ChunkExchange:
             salt=salt,
             near=near,
             far_wait=far_wait,
+            node_id=node_id,
+            blob_key=digest.encode(),
             window_only=passing,
         )
         # chunks from the reader's asked first (passing through, p2pull.store.window: the only

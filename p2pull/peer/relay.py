@@ -41,24 +41,26 @@ class Relay:
         seeding: bool,
         from_origin: bool,
         push: Callable[[str], bool],
+        first: Callable[[str], bool] = lambda peer: False,
     ) -> set[str]:
         """Push fresh chunk ``index`` with ``push(peer)`` (False: that peer cannot take it now);
         returns the members it goes to. A leech relays what the seed gave it to every member in
         ``lacking``; the seed gives a chunk from the origin to the first member, in turn, that
-        takes it."""
+        takes it: of those for which ``first`` holds (the seed's rack), then of the others."""
         if not seeding:
             if index not in self._from_seed:
                 return set()
             self._from_seed.discard(index)
             return {peer for peer in lacking if push(peer)}
-        if not from_origin or not lacking:
+        if not from_origin:
             return set()
-        ordered = sorted(lacking)
-        for turn in range(len(ordered)):
-            peer = ordered[(self._turn + turn) % len(ordered)]
-            if push(peer):
-                self._turn += turn + 1
-                return {peer}
+        preferred = sorted(peer for peer in lacking if first(peer))
+        for ordered in (preferred, sorted(set(lacking) - set(preferred))):
+            for turn in range(len(ordered)):
+                peer = ordered[(self._turn + turn) % len(ordered)]
+                if push(peer):
+                    self._turn += turn + 1
+                    return {peer}
         return set()
 
 

@@ -43,6 +43,9 @@ PIECE_SMOOTHING = 0.2  # weight of the newest piece in piece_seconds
 RATE_PIECES = 8  # the downlink's rate is measured over the arrivals of this many pieces
 DOWNLINK_GAIN = 2.0  # the chunks the downlink delivers in the quickest answer, times this
 ENDGAME_LATE = 2.0  # an endgame request is duplicated once it is this many typical pieces old
+# A node's last chunks are asked of any holder, near or far: every node of the rack wants the
+# rack's last copies at once and their holders are busy, while far ones are done and idle.
+FAR_TAIL = 4
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -67,6 +70,8 @@ class Scheduler:
         salt: bytes = b"",
         near: Callable[[str], bool] | None = None,
         far_wait: float = 0.0,
+        node_id: str = "",
+        blob_key: bytes = b"",
         window_only: bool = False,
     ) -> None:
         if max_in_flight_per_peer < 1 or endgame_duplicates < 1 or max_in_flight < 0:
@@ -103,10 +108,17 @@ class Scheduler:
         # carries a chunk about once); None: racks are not known.
         self._near = near
         self._far: dict[str, int] = {}  # peer -> 0 near, 1 far (computed once per peer)
-        # A chunk only far holders have is asked of them once it has waited this many typical
-        # pieces for a near holder (its rack's leader fetches it across at once: far_wait 0).
+        # A chunk no near peer holds is fetched across at once by its rack leader, and by the
+        # rest of the rack once it has waited ``far_wait`` typical pieces for a near holder
+        # (0: nobody waits). A chunk's rack leader is, of this node and the near peers it
+        # knows, the one ranked first for the chunk (``blob_key``, the index, the node's id:
+        # HRW), so each node leads a share of the chunks and each rack's uplink carries a
+        # chunk about once. A near holder that is busy is waited for by everyone.
         self.far_wait = far_wait
         self._far_seen: dict[int, float] = {}  # chunk -> when it was first wanted from afar
+        self._node_id = node_id
+        self._blob_key = blob_key
+        self._leads: dict[int, bool] = {}  # chunk -> this node leads it (until the rack changes)
         # Asked only when no other free holder has the chunk (the blob's seed: it hands each
         # chunk out once, and a finished seed asked by everyone carries the blob many times).
         self.last_resort: str | None = None
@@ -123,6 +135,7 @@ class Scheduler:
         self._peers: dict[str, Bitfield] = {}
         self._useful: dict[str, set[int]] = {}  # per peer: what it holds that we miss
         self._availability = [0] * chunk_count  # how many known peers hold each chunk
+        self._near_availability = [0] * chunk_count  # how many of them are near
         self._by_chunk: dict[int, dict[str, float]] = {}  # in flight: index -> {peer: sent at}
         self._by_peer: dict[str, dict[int, float]] = {}  # the same, per peer
         # Requests for chunks we got meanwhile (have() came before on_piece()): on_piece cancels.
@@ -162,18 +175,24 @@ class Scheduler:
             raise ValueError(f"bitfield of {bitfield.length} chunks for a {self.chunk_count}")
         old = self._peers.get(peer)
         if old is not None:
+            near = self._far.get(peer) == 0
             for index in old.present():
                 self._availability[index] -= 1
+                self._near_availability[index] -= near
         self._peers[peer] = bitfield.copy()
         self._useful[peer] = {index for index in bitfield.present() if index in self._missing}
         self._by_peer.setdefault(peer, {})
         if self._near is not None and peer not in self._far:
             self._far[peer] = 0 if self._near(peer) else 1
+            if not self._far[peer]:
+                self._leads.clear()
         self._dirty = True
         if self._salt and peer not in self._peer_tie:
             self._peer_tie[peer] = hashlib.sha256(self._salt + peer.encode()).digest()[:4]
+        near = self._far.get(peer) == 0
         for index in bitfield.present():
             self._availability[index] += 1
+            self._near_availability[index] += near
 
     def peer_has(self, peer: str, index: int) -> None:
         """``peer`` announced chunk ``index``. An unknown peer is added (holding just that)."""
@@ -183,6 +202,7 @@ class Scheduler:
         if not field.has(index):
             field.set(index)
             self._availability[index] += 1
+            self._near_availability[index] += self._far.get(peer) == 0
             if index in self._missing:
                 self._useful[peer].add(index)
                 if len(self._by_peer[peer]) < self.max_in_flight_per_peer:
@@ -227,15 +247,18 @@ class Scheduler:
         self._useful.pop(peer, None)
         self._dirty = True
         if field is not None:
+            near = self._far.get(peer) == 0
             for index in field.present():
                 self._availability[index] -= 1
+                self._near_availability[index] -= near
         released = sorted(self._by_peer.get(peer, ()))
         for index in released:
             self._release(peer, index)
         self._by_peer.pop(peer, None)
         self._penalized_until.pop(peer, None)
         self._peer_tie.pop(peer, None)
-        self._far.pop(peer, None)
+        if self._far.pop(peer, None) == 0:
+            self._leads.clear()
         self._peer_seconds.pop(peer, None)
         self._avoid_until = {key: t for key, t in self._avoid_until.items() if key[0] != peer}
         self._avoid_ends = min(self._avoid_until.values(), default=math.inf)
@@ -334,8 +357,11 @@ class Scheduler:
         }
         if not free:
             return out
+        near = self._near_offer(free)
         for index in self._wanted(free):
-            self._assign(index, free, now, out)
+            if near is not None and index not in near and self._waits_near(index, now):
+                continue  # no free near peer has it: not asked afar yet
+            self._assign(index, free, now, out, gated=near is not None)
             if not free or len(out) >= room:
                 return out
         if free and self._in_endgame():
@@ -428,7 +454,11 @@ class Scheduler:
         if self.window_only:
             return
         rank = self._tie_rank
-        rest = sorted(offer, key=lambda i: (availability[i], rank[i]))  # rarest, then tie order
+        if self._near is None:
+            rest = sorted(offer, key=lambda i: (availability[i], rank[i]))  # rarest, tie order
+        else:  # rarest in the rack first
+            near = self._near_availability
+            rest = sorted(offer, key=lambda i: (near[i], availability[i], rank[i]))
         yield from (i for i in rest if i not in window)
 
     def _in_endgame(self) -> bool:
@@ -460,8 +490,17 @@ class Scheduler:
 
         return sorted(late, key=key)
 
-    def _assign(self, index: int, free: dict[str, int], now: float, out: list[Assignment]) -> bool:
-        """Ask the least-loaded free peer that has ``index`` (and may be asked) for it."""
+    def _assign(
+        self,
+        index: int,
+        free: dict[str, int],
+        now: float,
+        out: list[Assignment],
+        *,
+        gated: bool = False,
+    ) -> bool:
+        """Ask the least-loaded free peer that has ``index`` (and may be asked) for it; with
+        ``gated``, a far one only if ``_waits_near`` allows."""
         asked = self._by_chunk.get(index, {})
         tie, far, timed = self._peer_tie, self._far, self._peer_seconds
         typical = self.piece_seconds or 1.0
@@ -484,12 +523,8 @@ class Scheduler:
         if not candidates:
             return False
         best = min(candidates)
-        if best[1] and self.far_wait and self.piece_seconds is not None:
-            seen = self._far_seen.setdefault(index, now)
-            ready = seen + self.far_wait * self.piece_seconds
-            if now < ready:
-                self._wake_at = min(self._wake_at, ready)
-                return False
+        if best[1] and gated and self._waits_near(index, now):
+            return False  # its near holders are all busy (the pass made them so)
         *_, peer = best
         self._by_chunk.setdefault(index, {})[peer] = now
         self._by_peer[peer][index] = now
@@ -499,6 +534,50 @@ class Scheduler:
         if not free[peer]:
             del free[peer]
         return True
+
+    def _near_offer(self, free: dict[str, int]) -> set[int] | None:
+        """What the free near peers offer, when chunks are to come near (else None): with
+        ``far_wait``, racks known, more than FAR_TAIL chunks missing and no far peer free that
+        holds the whole blob (its uplink has room to spare for other racks; the blob's seed,
+        the last resort, aside)."""
+        if not self.far_wait or self._near is None or len(self._missing) <= FAR_TAIL:
+            return None
+        far, peers, last = self._far, self._peers, self.last_resort
+        if any(far[p] and p != last and peers[p].complete for p in free):
+            return None
+        return set().union(*(self._useful[p] for p in free if not far[p]))
+
+    def _waits_near(self, index: int, now: float) -> bool:
+        """Chunk ``index``, which no free near peer offers, is not to be asked of a far one
+        now: a near peer holds it (it is asked there once one is free), or this node does not
+        lead it and it has waited less than ``far_wait`` typical pieces."""
+        near, last = self._near_availability[index], self.last_resort
+        if last is not None and not self._far.get(last, 1) and self._peers[last].has(index):
+            near -= 1  # the seed hands a chunk out once: not a holder to wait for
+        if near:
+            return True
+        seen = self._far_seen.setdefault(index, now)
+        typical = self.piece_seconds  # before the first piece: the request timeout
+        ready = seen + (self.request_timeout if typical is None else self.far_wait * typical)
+        if now < ready and not self._leading(index):
+            self._wake_at = min(self._wake_at, ready)
+            return True
+        return False
+
+    def _leading(self, index: int) -> bool:
+        """This node is chunk ``index``'s rack leader: of it and the near peers it knows,
+        ranked first for the chunk."""
+        leads = self._leads.get(index)
+        if leads is None:
+            key = self._blob_key + index.to_bytes(8, "big")
+            near = [peer for peer, far in self._far.items() if not far]
+            mine = _rank_score(key, self._node_id)
+            leads = self._leads[index] = all(_rank_score(key, p) < mine for p in near)
+        return leads
+
+
+def _rank_score(key: bytes, node_id: str) -> bytes:
+    return hashlib.sha256(key + node_id.encode()).digest()[:8]
 
 
 def _smooth(last: float | None, value: float) -> float:

@@ -382,8 +382,6 @@ class BlobSession:
         if event.have.length != count or len(event.hashes) != count:
             raise LocalProtocolError(f"BlobOpened with {event.have.length} chunks for {count}")
         racked = bool(self.node.rack(self.node.node_id))
-        waits = racked and self.config.far_wait > 0 and not self.seeding
-        leader = self._rack_leader(now) if waits else None
         self.chunks = ChunkExchange(
             digest=self.digest,
             size=event.size,
@@ -394,13 +392,12 @@ class BlobSession:
             config=self.config,
             out=self._out,
             near=self._near if racked else None,
-            far_wait=0.0 if leader is None else self.config.far_wait,
+            far_wait=self.config.far_wait if racked and not self.seeding else 0.0,
+            node_id=self.node.node_id,
             passing=event.passing,
         )
         if event.passing:
             self._pass_through()
-        if leader is not None and leader.node_id not in self.asked:
-            self._dial(leader)  # its chunks come in near
         if self.phase is Phase.OPENING:
             self._to(Phase.LEECHING)
         for peer in sorted(self._waiting_info):
@@ -454,12 +451,16 @@ class BlobSession:
             self._origin_trouble = None  # it answers again
         push = Push(self.digest, index, sha256)
         lacking = self._lacking(index)
+        # with racks, the seed's own rack gets each fresh chunk first: the other racks fetch it
+        # across once each (far_wait), and the seed's rack need not fetch it back
+        near = self.config.far_wait > 0 and bool(self.node.rack(self.node.node_id))
         pushed = self.relay.push_out(
             index,
             [peer for peer in lacking if peer not in self.passers],
             seeding=self.seeding,
             from_origin=from_origin,
             push=lambda peer: self._try_push(peer, push, now),
+            first=self._near if near else lambda peer: False,
         )
         have = Have(self.digest, index, sha256)
         superseed, linked = self.node.serving.superseed, self.node.serving.linked
@@ -589,17 +590,6 @@ class BlobSession:
                 self._send(peer, peers_message(self.digest, sample))
         elif peer not in self.asked:
             self._ask(peer)
-
-    def _rack_leader(self, now: float) -> Member | None:
-        """This rack's first member in the blob's HRW order (None: this node is it): it
-        fetches what only other racks hold at once, the others wait a while for it."""
-        ranked, _ = self.node.membership.ranking(self.digest, now=now)
-        rack, me = self.node.rack, self.node.node_id
-        for member in ranked:
-            passed = member.node_id in self._gave_up or member.node_id in self.passers
-            if not passed and rack(member.node_id) == rack(me):
-                return None if member.node_id == me else member
-        return None
 
     def _near(self, peer: str) -> bool:
         return self.node.rack(peer) == self.node.rack(self.node.node_id)
