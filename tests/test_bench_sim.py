@@ -103,3 +103,14 @@ def test_slow_nodes_slow_only_themselves() -> None:
     storm = sim.run(sim.parser().parse_args(SLOW))
     assert storm["completed"] == 32 and storm["origin_ratio"] <= 1.05
     assert storm["over_lower_bound"]["p99"] <= 1.3
+
+
+def test_a_fanout_tree_completes_without_waiting_out_a_timeout() -> None:
+    """With ``--fanout`` each member asks its parent in the tree, whose uplink its children
+    share; a member that never heard what its siblings hold would wait out the 15 s info
+    timeout (the 8 MiB take 7 ms at the origin's rate)."""
+    fanout = ["--nodes", "40", "--size", "8MiB", "--layers", "1", "--rack", "40", "--fanout", "4"]
+    storm = sim.run(sim.parser().parse_args(fanout))
+    assert storm["completed"] == 40 and storm["origin_ratio"] <= 1.05
+    assert storm["connections_per_node"]["max"] <= 2 * 4
+    assert storm["over_lower_bound"]["max"] <= 4.0

@@ -255,7 +255,8 @@ class SessionConfig:
     # route); a timeout costs the connect timeout (5 s) per dial.
     seed_dials: int = 4
     # 0: every member asks the seed. n: members form a tree in HRW order (the seed, then n
-    # children, n each of theirs, ...) and each asks its parent: nobody has more than n askers.
+    # children, n each of theirs, ...) and each asks its parent (which asks it back, to hear
+    # what it holds): nobody has more than n askers.
     fanout: int = 0
     # A leech relays what the seed gave it to its members while it has at most this many; a
     # larger swarm spreads chunks by requests (a relay pushing to dozens is a star: the last

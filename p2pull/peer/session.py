@@ -588,7 +588,7 @@ class BlobSession:
             sample = self._handout(peer)
             if sample:
                 self._send(peer, peers_message(self.digest, sample))
-        elif peer not in self.asked:
+        if not self.seeding and peer not in self.asked:
             self._ask(peer)
 
     def _near(self, peer: str) -> bool:
