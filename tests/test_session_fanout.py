@@ -9,7 +9,7 @@ import hashlib
 from p2pull.bitfield import Bitfield
 from p2pull.membership import Member
 from p2pull.peer.events import BlobOpened, LinkUp, PeerMessage, SessionConfig
-from p2pull.peer.messages import BlobInfo, Interested, Peers
+from p2pull.peer.messages import BlobInfo, Interested, Peers, Request
 from p2pull.peer.session import BlobSession
 from tests import test_session_seed_dial as seed_dial
 from tests.test_session_passing import sent
@@ -18,6 +18,8 @@ from tests.test_session_seed_dial import DIGEST
 CHUNK = 1 << 20
 COUNT = 4
 HASHES = tuple(hashlib.sha256(bytes([i])).digest() for i in range(COUNT))
+MANY = 16  # more chunks than a node's last ones, asked anywhere (FAR_TAIL)
+MANY_HASHES = tuple(hashlib.sha256(bytes([i])).digest() for i in range(MANY))
 MEMBERS = [Member.of(f"198.18.0.{i}", 5051) for i in range(1, 8)]
 CONFIG = SessionConfig(fanout=2)
 INTERESTED = Interested(DIGEST, "lib/image", None)
@@ -56,3 +58,25 @@ def test_a_parent_asks_its_child_back_and_hands_it_its_other_members() -> None:
     assert sent(second, Interested) == [(order[4], INTERESTED)]
     (handed,) = [m for _, m in sent(second, Peers)]
     assert isinstance(handed, Peers) and [p[0] for p in handed.peers] == [order[3]]
+
+
+def test_a_racks_root_fetches_across_at_once_what_its_far_parent_holds() -> None:
+    """With racks known a rack hangs from its root, its only way in: the root does not wait
+    ``far_wait`` for a near copy of the chunks it does not lead (no near peer will have them)."""
+    order = hrw_order()
+    rack = {m: "far" for m in order}
+    rack.update({order[1]: "a", order[3]: "a", order[4]: "a"})  # order[1] roots rack "a"
+    config = SessionConfig(fanout=2, far_wait=1000.0, max_in_flight_per_peer=MANY)
+    root = seed_dial.session_of(order[1], MEMBERS, config, linked=True, rack=rack.__getitem__)
+    (dial,) = root.start(now=0.0)
+    assert dial.member.node_id == order[0]  # type: ignore[attr-defined]
+    root.handle(LinkUp(order[0]), now=0.1)
+    info = BlobInfo(DIGEST, MANY * CHUNK, CHUNK, Bitfield.full(MANY).to_bytes(), MANY_HASHES)
+    root.handle(PeerMessage(order[0], info), now=0.2)
+    root.handle(BlobOpened(MANY * CHUNK, CHUNK, Bitfield(MANY), (None,) * MANY), now=0.3)
+    empty = BlobInfo(DIGEST, MANY * CHUNK, CHUNK, Bitfield(MANY).to_bytes(), (b"",) * MANY)
+    for child in (order[3], order[4]):  # its rack's members ask it and describe what they hold
+        root.handle(PeerMessage(child, INTERESTED), now=0.4)
+        root.handle(PeerMessage(child, empty), now=0.4)
+    asked = sorted(m.index for _, m in sent(root.pump(now=0.5), Request))  # type: ignore[attr-defined]
+    assert asked == list(range(MANY))  # those it leads and those it does not

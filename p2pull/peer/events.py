@@ -254,9 +254,9 @@ class SessionConfig:
     # successor still fetched a layer again. A dead host mostly answers at once (refused, no
     # route); a timeout costs the connect timeout (5 s) per dial.
     seed_dials: int = 4
-    # 0: every member asks the seed. n: members form a tree in HRW order (the seed, then n
-    # children, n each of theirs, ...) and each asks its parent (which asks it back, to hear
-    # what it holds): nobody has more than n askers.
+    # 0: every member asks the seed. n: members form a tree (p2pull.peer.fanout: n children
+    # each, with racks known one subtree per rack) and each asks its parent (which asks it
+    # back, to hear what it holds): nobody has more than 2n askers.
     fanout: int = 0
     # A leech relays what the seed gave it to its members while it has at most this many; a
     # larger swarm spreads chunks by requests (a relay pushing to dozens is a star: the last

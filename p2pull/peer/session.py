@@ -59,6 +59,7 @@ from p2pull.peer.events import (
     StartOrigin,
 )
 from p2pull.peer.exchange import ChunkExchange
+from p2pull.peer.fanout import parent as fanout_parent
 from p2pull.peer.messages import (
     UNAVAILABLE_WRONG_COPY,
     BlobInfo,
@@ -265,7 +266,7 @@ class BlobSession:
 
     def _locate(self, now: float) -> None:
         """Dial the blob's seed (the highest live member that has not given up on it), or with
-        a ``fanout``, this node's parent in the tree those members form in HRW order."""
+        a ``fanout``, this node's parent in the tree those members form (``p2pull.peer.fanout``)."""
         seed = self._upstream(now)
         if seed.node_id == self.node.node_id:
             if self.passing:  # it cannot fetch what it cannot keep: its reader goes elsewhere
@@ -290,8 +291,8 @@ class BlobSession:
             kept = [m for m in ranked if m.node_id not in passed]
             kept += [m for m in ranked if m.node_id == me and m.node_id in passed]
             ranked, places = tuple(kept), {m.node_id: i for i, m in enumerate(kept)}
-        place = places[me]
-        return ranked[(place - 1) // fanout] if place else ranked[0]
+        rack = self.node.rack
+        return fanout_parent(ranked, places[me], fanout, lambda member: rack(member.node_id))
 
     def _dial(self, member: Member) -> None:
         if member.node_id not in self._dialing:
@@ -381,7 +382,7 @@ class BlobSession:
         count = chunk_count(event.size, event.chunk_size)
         if event.have.length != count or len(event.hashes) != count:
             raise LocalProtocolError(f"BlobOpened with {event.have.length} chunks for {count}")
-        racked = bool(self.node.rack(self.node.node_id))
+        racked, fanout = bool(self.node.rack(self.node.node_id)), self.config.fanout > 0
         self.chunks = ChunkExchange(
             digest=self.digest,
             size=event.size,
@@ -392,7 +393,8 @@ class BlobSession:
             config=self.config,
             out=self._out,
             near=self._near if racked else None,
-            far_wait=self.config.far_wait if racked and not self.seeding else 0.0,
+            # in a fanout tree a rack's root is its only way in: it fetches across at once
+            far_wait=self.config.far_wait if racked and not (self.seeding or fanout) else 0.0,
             node_id=self.node.node_id,
             passing=event.passing,
         )
