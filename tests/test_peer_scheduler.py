@@ -701,6 +701,20 @@ def test_a_far_peer_holding_the_whole_blob_is_asked_at_once() -> None:
     assert done.next_requests(now=0.0) == reqs("far-done:0")  # 1 in flight per peer
 
 
+def test_a_far_peer_that_completes_the_blob_lifts_the_wait_until_it_leaves() -> None:
+    scheduler = racked("near-a", chunks=8, far_wait=100.0)
+    scheduler.add_peer("near-b", bits("0" * 8))
+    scheduler.add_peer("far-1", bits("11111110"))
+    scheduler.add_peer("far-2", bits("11111110"))
+    free = {"far-1": 1, "far-2": 1}
+    assert scheduler._near_offer(free) == set()  # chunks come near: nothing near yet
+    scheduler.peer_has("far-2", 7)  # the whole blob now
+    assert scheduler._near_offer(free) is None  # any chunk may be asked of it
+    assert scheduler._near_offer({"far-1": 1}) == set()  # but only while it is free
+    scheduler.remove_peer("far-2")
+    assert scheduler._near_offer({"far-1": 1}) == set()
+
+
 def test_the_seed_in_the_rack_is_no_near_holder_to_wait_for() -> None:
     scheduler = racked("near-a", chunks=8, far_wait=100.0)
     scheduler.piece_seconds = 0.5

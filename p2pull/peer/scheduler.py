@@ -108,6 +108,7 @@ class Scheduler:
         # carries a chunk about once); None: racks are not known.
         self._near = near
         self._far: dict[str, int] = {}  # peer -> 0 near, 1 far (computed once per peer)
+        self._far_complete: set[str] = set()  # far peers that hold the whole blob
         # A chunk no near peer holds is fetched across at once by its rack leader, and by the
         # rest of the rack once it has waited ``far_wait`` typical pieces for a near holder
         # (0: nobody waits). A chunk's rack leader is, of this node and the near peers it
@@ -193,6 +194,14 @@ class Scheduler:
         for index in bitfield.present():
             self._availability[index] += 1
             self._near_availability[index] += near
+        self._note_complete(peer)
+
+    def _note_complete(self, peer: str) -> None:
+        """Keep ``_far_complete`` (what ``_near_offer`` looks for) up to date for ``peer``."""
+        if self._far.get(peer) == 1 and self._peers[peer].complete:
+            self._far_complete.add(peer)
+        else:
+            self._far_complete.discard(peer)
 
     def peer_has(self, peer: str, index: int) -> None:
         """``peer`` announced chunk ``index``. An unknown peer is added (holding just that)."""
@@ -203,6 +212,8 @@ class Scheduler:
             field.set(index)
             self._availability[index] += 1
             self._near_availability[index] += self._far.get(peer) == 0
+            if field.complete:
+                self._note_complete(peer)
             if index in self._missing:
                 self._useful[peer].add(index)
                 if len(self._by_peer[peer]) < self.max_in_flight_per_peer:
@@ -245,6 +256,7 @@ class Scheduler:
         """Forget ``peer``; returns the chunks it had in flight, now released (ascending)."""
         field = self._peers.pop(peer, None)
         self._useful.pop(peer, None)
+        self._far_complete.discard(peer)
         self._dirty = True
         if field is not None:
             near = self._far.get(peer) == 0
@@ -347,12 +359,12 @@ class Scheduler:
         room = min(room, self.downlink_cap() - self._in_flight)
         if room <= 0:
             return out  # a piece arriving, or a request failing, makes room (and dirties)
-        limit, penalized = self.max_in_flight_per_peer, self._penalized_until
-        free = {
+        limit, penalized, useful = self.max_in_flight_per_peer, self._penalized_until, self._useful
+        free = {  # the peers that can be asked for something now
             peer: limit - len(chunks)
             for peer, chunks in self._by_peer.items()
             if len(chunks) < limit
-            and peer in self._peers
+            and useful.get(peer)
             and (not penalized or penalized.get(peer, -math.inf) <= now)
         }
         if not free:
@@ -542,8 +554,12 @@ class Scheduler:
         the last resort, aside)."""
         if not self.far_wait or self._near is None or len(self._missing) <= FAR_TAIL:
             return None
-        far, peers, last = self._far, self._peers, self.last_resort
-        if any(far[p] and p != last and peers[p].complete for p in free):
+        far, last, whole = self._far, self.last_resort, self._far_complete
+        if len(whole) <= len(free):
+            found = any(p in free for p in whole if p != last)
+        else:
+            found = any(p in whole and p != last for p in free)
+        if found:
             return None
         return set().union(*(self._useful[p] for p in free if not far[p]))
 
