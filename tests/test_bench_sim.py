@@ -4,7 +4,11 @@ that the doc and this file move together)."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +118,24 @@ def test_a_fanout_tree_completes_without_waiting_out_a_timeout() -> None:
     assert storm["completed"] == 40 and storm["origin_ratio"] <= 1.05
     assert storm["connections_per_node"]["max"] <= 2 * 4
     assert storm["over_lower_bound"]["max"] <= 4.0
+
+
+def test_a_storm_does_not_depend_on_the_interpreters_hash_order() -> None:
+    """Sets of peers are iterated in hash order, which differs between runs (PYTHONHASHSEED):
+    what the nodes decide must not."""
+    root = Path(__file__).resolve().parent.parent
+    argv = ["--nodes", "24", "--size", "8MiB", "--layers", "2", "--rack", "8", "--slow", "0.1"]
+    runs = []
+    for seed in ("1", "2"):
+        done = subprocess.run(
+            [sys.executable, str(root / "bench" / "sim.py"), *argv, "--json"],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        result = json.loads(done.stdout)
+        del result["wall_seconds"]
+        runs.append(result)
+    assert runs[0] == runs[1]

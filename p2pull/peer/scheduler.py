@@ -135,6 +135,7 @@ class Scheduler:
         self._missing = set(range(chunk_count))  # the same, for fast iteration
         self._peers: dict[str, Bitfield] = {}
         self._useful: dict[str, set[int]] = {}  # per peer: what it holds that we miss
+        self._offering: set[str] = set()  # the peers whose ``_useful`` is not empty
         self._availability = [0] * chunk_count  # how many known peers hold each chunk
         self._near_availability = [0] * chunk_count  # how many of them are near
         self._by_chunk: dict[int, dict[str, float]] = {}  # in flight: index -> {peer: sent at}
@@ -164,8 +165,11 @@ class Scheduler:
         self._missing.discard(index)
         self._far_seen.pop(index, None)
         self._dirty = True
-        for useful in self._useful.values():
-            useful.discard(index)
+        for peer, useful in self._useful.items():
+            if index in useful:
+                useful.discard(index)
+                if not useful:
+                    self._offering.discard(peer)
         for peer in list(self._by_chunk.get(index, ())):
             self._release(peer, index)
             self._stale.setdefault(index, set()).add(peer)
@@ -182,6 +186,10 @@ class Scheduler:
                 self._near_availability[index] -= near
         self._peers[peer] = bitfield.copy()
         self._useful[peer] = {index for index in bitfield.present() if index in self._missing}
+        if self._useful[peer]:
+            self._offering.add(peer)
+        else:
+            self._offering.discard(peer)
         self._by_peer.setdefault(peer, {})
         if self._near is not None and peer not in self._far:
             self._far[peer] = 0 if self._near(peer) else 1
@@ -216,6 +224,7 @@ class Scheduler:
                 self._note_complete(peer)
             if index in self._missing:
                 self._useful[peer].add(index)
+                self._offering.add(peer)
                 if len(self._by_peer[peer]) < self.max_in_flight_per_peer:
                     self._dirty = True
 
@@ -256,6 +265,7 @@ class Scheduler:
         """Forget ``peer``; returns the chunks it had in flight, now released (ascending)."""
         field = self._peers.pop(peer, None)
         self._useful.pop(peer, None)
+        self._offering.discard(peer)
         self._far_complete.discard(peer)
         self._dirty = True
         if field is not None:
@@ -359,12 +369,15 @@ class Scheduler:
         room = min(room, self.downlink_cap() - self._in_flight)
         if room <= 0:
             return out  # a piece arriving, or a request failing, makes room (and dirties)
-        limit, penalized, useful = self.max_in_flight_per_peer, self._penalized_until, self._useful
+        limit, penalized, by_peer = (
+            self.max_in_flight_per_peer,
+            self._penalized_until,
+            self._by_peer,
+        )
         free = {  # the peers that can be asked for something now
-            peer: limit - len(chunks)
-            for peer, chunks in self._by_peer.items()
-            if len(chunks) < limit
-            and useful.get(peer)
+            peer: limit - len(by_peer[peer])
+            for peer in self._offering
+            if len(by_peer[peer]) < limit
             and (not penalized or penalized.get(peer, -math.inf) <= now)
         }
         if not free:
