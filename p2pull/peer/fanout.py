@@ -22,11 +22,10 @@ def parent(ranked: Sequence[M], place: int, fanout: int, rack: Callable[[M], str
     """The parent of ``ranked[place]`` (``ranked[0]``, the seed, is its own)."""
     if fanout < 1:
         raise ValueError(f"fanout must be at least 1, got {fanout}")
-    seed, me = ranked[0], ranked[place]
+    seed = ranked[0]
     if place == 0:
         return seed
-    home = rack(seed)
-    mine = rack(me)
+    home, mine = rack(seed), rack(ranked[place])
     group = [m for m in ranked[1 : place + 1] if rack(m) == mine]  # my rack's members before me
     if mine == home:
         return _heap_parent([seed, *group], len(group), fanout)

@@ -567,12 +567,8 @@ class Scheduler:
         the last resort, aside)."""
         if not self.far_wait or self._near is None or len(self._missing) <= FAR_TAIL:
             return None
-        far, last, whole = self._far, self.last_resort, self._far_complete
-        if len(whole) <= len(free):
-            found = any(p in free for p in whole if p != last)
-        else:
-            found = any(p in whole and p != last for p in free)
-        if found:
+        far, last = self._far, self.last_resort
+        if any(p in free for p in self._far_complete if p != last):
             return None
         return set().union(*(self._useful[p] for p in free if not far[p]))
 
